@@ -1,0 +1,19 @@
+# mamba-mi: `make run` runs the recipe on the built-in mini corpus; `make test` runs the tests.
+# Both install what they need first (tools/install.sh is idempotent: seconds when done).
+RECIPE := egs2/librispeech_100/mamba_mi
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast
+
+install:
+	bash tools/install.sh
+
+run: install
+	cd $(RECIPE) && ./run.sh --stage 1 --stop_stage 13 --use_decoder true
+	cd $(RECIPE) && ./run.sh --stage 8 --stop_stage 10 --use_decoder false
+
+test: install
+	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	.venv/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

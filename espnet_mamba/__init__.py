@@ -1,0 +1,1 @@
+"""mamba-mi: ConBiMamba components for ESPnet."""

@@ -1,0 +1,10 @@
+"""ESPnet's ``espnet2.bin.asr_train`` with mamba-mi's classes registered.
+
+Usage: ``python -m espnet_mamba.bin.asr_train [ESPnet's asr_train options]``
+"""
+
+import espnet_mamba.tasks  # noqa: F401  (registers our classes into ESPnet's tasks)
+from espnet2.bin.asr_train import main
+
+if __name__ == "__main__":
+    main()
