@@ -1,0 +1,377 @@
+"""ConBiMamba encoder for ESPnet: Conformer blocks with bidirectional Mamba."""
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
+from espnet.nets.pytorch_backend.transformer.layer_norm import LayerNorm
+from espnet.nets.pytorch_backend.transformer.subsampling import (
+    Conv2dSubsampling,
+    Conv2dSubsampling6,
+    Conv2dSubsampling8,
+    TooShortUttError,
+    check_short_utt,
+)
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+
+from espnet_mamba.nn.conbimamba_layer import ConBiMambaLayer
+from espnet_mamba.nn.selective_scan import BACKENDS
+
+__all__ = ["ConBiMambaEncoder"]
+
+_SUBSAMPLING = {
+    "conv2d": Conv2dSubsampling,
+    "conv2d6": Conv2dSubsampling6,
+    "conv2d8": Conv2dSubsampling8,
+}
+
+
+def _subsampled_freq(input_layer: str, input_size: int) -> int:
+    """Feature bins left after the 2-D convolutions of a subsampling layer."""
+    freq = (input_size - 1) // 2  # first Conv2d(kernel 3, stride 2)
+    if input_layer == "conv2d":
+        return (freq - 1) // 2
+    if input_layer == "conv2d6":
+        return (freq - 2) // 3
+    return ((freq - 1) // 2 - 1) // 2  # conv2d8
+
+
+class ConBiMambaEncoder(AbsEncoder):
+    """ConBiMamba encoder: subsampling, positional encoding, ConBiMamba blocks, LN.
+
+    The computation, in order:
+
+    1. ``embed``: ``input_layer`` (convolutional subsampling by 4, 6 or 8, a linear
+       layer, or nothing) and the positional encoding (``pos_enc="abs"``: ESPnet's
+       sinusoidal ``PositionalEncoding``, which also scales by ``sqrt(d)``;
+       ``"none"``: dropout only).
+    2. ``num_blocks`` :class:`~espnet_mamba.nn.conbimamba_layer.ConBiMambaLayer`
+       blocks; each ends with its own LayerNorm.
+    3. ``after_norm`` (LayerNorm) when ``normalize_before`` is True.
+
+    Padding frames of shorter sequences never influence valid frames (in eval mode;
+    see ConBiMambaLayer about BatchNorm in training), and the encoder sets them to
+    zero in everything it returns.
+
+    Args:
+        input_size: Input feature size.
+        output_size: Model size d.
+        linear_units: Hidden size of the feed-forward modules.
+        num_blocks: Number of ConBiMamba blocks.
+        dropout_rate: Dropout in the blocks and after the linear input layer.
+        positional_dropout_rate: Dropout after the positional encoding.
+        input_layer: ``"conv2d"`` (1/4 length), ``"conv2d6"``, ``"conv2d8"``,
+            ``"linear"`` or None (the input is already d-dimensional:
+            ``input_size`` must equal ``output_size``).
+        normalize_before: Pre-norm blocks and a final LayerNorm (True), or
+            post-norm blocks without the final LayerNorm.
+        cnn_module_kernel: Odd kernel size of the depthwise convolution.
+        use_batch_norm: BatchNorm1d in the convolution modules (else LayerNorm).
+        d_state: Mamba state size.
+        d_conv: Mamba causal convolution kernel size.
+        expand: Mamba inner-size factor.
+        mamba_backend: Selective-scan backend, ``"auto"``, ``"torch"`` or ``"cuda"``.
+        pos_enc: ``"abs"`` (sinusoidal) or ``"none"``.
+        padding_idx: Accepted for ESPnet config compatibility; unused (there is
+            no token-embedding input layer).
+        interctc_layer_idx: 1-based indices of blocks whose (normalised) outputs
+            are returned for intermediate CTC; each in ``[1, num_blocks - 1]``.
+        interctc_use_conditioning: Add ``conditioning_layer(ctc.softmax(out))`` to
+            the features after each intermediate-CTC block (self-conditioned CTC);
+            ESPnet's ASR model creates ``conditioning_layer``.
+
+    Example:
+        >>> encoder = ConBiMambaEncoder(80, output_size=64, linear_units=128,
+        ...                             num_blocks=2).eval()
+        >>> xs, olens, _ = encoder(torch.randn(2, 100, 80), torch.tensor([100, 60]))
+        >>> xs.shape, olens.tolist()
+        (torch.Size([2, 24, 64]), [24, 14])
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int = 256,
+        linear_units: int = 1024,
+        num_blocks: int = 12,
+        dropout_rate: float = 0.1,
+        positional_dropout_rate: float = 0.1,
+        input_layer: Optional[str] = "conv2d",
+        normalize_before: bool = True,
+        cnn_module_kernel: int = 31,
+        use_batch_norm: bool = True,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        mamba_backend: str = "auto",
+        pos_enc: str = "abs",
+        padding_idx: int = -1,
+        interctc_layer_idx: Sequence[int] = (),
+        interctc_use_conditioning: bool = False,
+    ):
+        super().__init__()
+        for name, value in (
+            ("input_size", input_size),
+            ("output_size", output_size),
+            ("linear_units", linear_units),
+            ("num_blocks", num_blocks),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (
+            ("dropout_rate", dropout_rate),
+            ("positional_dropout_rate", positional_dropout_rate),
+        ):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if input_layer not in ("conv2d", "conv2d6", "conv2d8", "linear", None):
+            raise ValueError(
+                "input_layer must be 'conv2d', 'conv2d6', 'conv2d8', 'linear' or "
+                f"None, got {input_layer!r}"
+            )
+        if input_layer in _SUBSAMPLING and _subsampled_freq(input_layer, input_size) < 1:
+            raise ValueError(
+                f"input_size={input_size} is too small for input_layer={input_layer!r}"
+            )
+        if input_layer is None and input_size != output_size:
+            raise ValueError(
+                "input_layer=None needs input_size == output_size, got "
+                f"input_size={input_size}, output_size={output_size}"
+            )
+        if pos_enc not in ("abs", "none"):
+            raise ValueError(f"pos_enc must be 'abs' or 'none', got {pos_enc!r}")
+        if mamba_backend not in BACKENDS:
+            raise ValueError(
+                f"mamba_backend must be one of {BACKENDS}, got {mamba_backend!r}"
+            )
+        interctc_layer_idx = list(interctc_layer_idx)
+        for idx in interctc_layer_idx:
+            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 < idx < num_blocks:
+                raise ValueError(
+                    f"interctc_layer_idx entries must be integers in [1, {num_blocks - 1}], "
+                    f"got {interctc_layer_idx}"
+                )
+
+        self._output_size = output_size
+        self.input_size = input_size
+        self.input_layer = input_layer
+        self.normalize_before = normalize_before
+        self.padding_idx = padding_idx
+
+        if pos_enc == "abs":
+            pos_module = PositionalEncoding(output_size, positional_dropout_rate)
+        else:
+            pos_module = torch.nn.Dropout(positional_dropout_rate)
+        if input_layer in _SUBSAMPLING:
+            self.embed = _SUBSAMPLING[input_layer](
+                input_size, output_size, dropout_rate, pos_module
+            )
+        elif input_layer == "linear":
+            self.embed = torch.nn.Sequential(
+                torch.nn.Linear(input_size, output_size),
+                LayerNorm(output_size),
+                torch.nn.Dropout(dropout_rate),
+                pos_module,
+            )
+        else:
+            self.embed = pos_module
+
+        self.encoders = torch.nn.ModuleList(
+            ConBiMambaLayer(
+                output_size,
+                linear_units=linear_units,
+                dropout_rate=dropout_rate,
+                cnn_module_kernel=cnn_module_kernel,
+                use_batch_norm=use_batch_norm,
+                normalize_before=normalize_before,
+                d_state=d_state,
+                d_conv=d_conv,
+                expand=expand,
+                mamba_backend=mamba_backend,
+            )
+            for _ in range(num_blocks)
+        )
+        self.after_norm = LayerNorm(output_size) if normalize_before else None
+
+        self.interctc_layer_idx = interctc_layer_idx
+        self.interctc_use_conditioning = interctc_use_conditioning
+        self.conditioning_layer = None  # set by ESPnet's ASR model when conditioning
+
+    def output_size(self) -> int:
+        """Feature size of the output."""
+        return self._output_size
+
+    def _check_inputs(
+        self, xs_pad: torch.Tensor, ilens: torch.Tensor, masks: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Validates the inputs; returns the padding mask ``(B, T)`` (True = pad)."""
+        if xs_pad.dim() != 3:
+            raise ValueError(
+                f"xs_pad must be (B, T, {self.input_size}), got shape {tuple(xs_pad.shape)}"
+            )
+        batch, length, feat = xs_pad.shape
+        if feat != self.input_size:
+            raise ValueError(
+                f"xs_pad has feature size {feat}, the encoder expects {self.input_size}"
+            )
+        if not torch.is_tensor(ilens) or ilens.shape != (batch,):
+            shape = tuple(ilens.shape) if torch.is_tensor(ilens) else type(ilens).__name__
+            raise ValueError(f"ilens must be a ({batch},) tensor, got {shape}")
+        if batch == 0:
+            raise ValueError("xs_pad holds an empty batch")
+        if int(ilens.max()) > length:
+            raise ValueError(
+                f"ilens has a length {int(ilens.max())} longer than xs_pad ({length} frames)"
+            )
+        if int(ilens.min()) <= 0:
+            raise ValueError(f"ilens must be positive, got {ilens.tolist()}")
+        if masks is None:
+            return make_pad_mask(ilens, maxlen=length).to(xs_pad.device)
+        if masks.shape != (batch, length):
+            raise ValueError(
+                f"masks must be ({batch}, {length}) (True = padding), "
+                f"got shape {tuple(masks.shape)}"
+            )
+        return masks.bool()
+
+    def _embed(
+        self, xs_pad: torch.Tensor, pad_mask: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Input layer and positional encoding.
+
+        Returns:
+            xs: ``(B, T', d)``.
+            olens: ``(B,)``. After convolutional subsampling these are the exact
+                numbers of output frames computed from valid input frames only
+                (``((L - 1) // 2 - 1) // 2`` for conv2d). ESPnet's subsampled mask
+                counts up to two more frames for the shorter sequences of a batch,
+                frames that see padding; dropping them keeps a padded batch
+                equal to each sequence encoded alone.
+        """
+        if self.input_layer not in _SUBSAMPLING:
+            return self.embed(xs_pad), (~pad_mask).sum(-1)
+        too_short, limit = check_short_utt(self.embed, xs_pad.size(1))
+        if too_short:
+            raise TooShortUttError(
+                f"has {xs_pad.size(1)} frames and is too short for subsampling "
+                f"(it needs at least {limit} frames)",
+                xs_pad.size(1),
+                limit,
+            )
+        xs, _ = self.embed(xs_pad, ~pad_mask[:, None, :])
+        lengths = (~pad_mask).sum(-1)
+        olens = (lengths - 1) // 2  # first Conv2d(kernel 3, stride 2)
+        if self.input_layer == "conv2d":
+            olens = (olens - 1) // 2
+        elif self.input_layer == "conv2d6":
+            olens = (olens - 2) // 3
+        else:  # conv2d8
+            olens = ((olens - 1) // 2 - 1) // 2
+        return xs, olens.clamp(min=0, max=xs.size(1))
+
+    def _run(
+        self,
+        xs_pad: torch.Tensor,
+        ilens: torch.Tensor,
+        masks: Optional[torch.Tensor],
+        ctc,
+        keep_all: bool,
+    ):
+        """Shared forward pass.
+
+        Returns:
+            xs: Final output ``(B, T', d)``, zero at padding.
+            olens: ``(B,)``.
+            hidden: ``[X, block 1 output, ..., block N output]`` (raw block
+                outputs, zero at padding) if ``keep_all``, else [].
+            intermediate_outs: ``[(block index, normalised output), ...]``.
+        """
+        if self.interctc_use_conditioning and self.interctc_layer_idx:
+            if ctc is None or self.conditioning_layer is None:
+                raise ValueError(
+                    "interctc_use_conditioning needs the ctc module and "
+                    "encoder.conditioning_layer (ESPnet's ASR model sets it)"
+                )
+        pad_mask = self._check_inputs(xs_pad, ilens, masks)
+        xs, olens = self._embed(xs_pad, pad_mask)
+        frames = torch.arange(xs.size(1), device=xs.device)
+        pad = (frames[None, :] >= olens[:, None])[..., None]  # (B, T', 1)
+        xs = xs.masked_fill(pad, 0.0)
+        hidden = [xs] if keep_all else []
+        intermediate_outs = []
+        for index, block in enumerate(self.encoders, start=1):
+            xs = block(xs, lengths=olens).masked_fill(pad, 0.0)
+            if keep_all:
+                hidden.append(xs)
+            if index in self.interctc_layer_idx:
+                out = self.after_norm(xs) if self.normalize_before else xs
+                out = out.masked_fill(pad, 0.0)
+                intermediate_outs.append((index, out))
+                if self.interctc_use_conditioning:
+                    xs = xs + self.conditioning_layer(ctc.softmax(out))
+                    xs = xs.masked_fill(pad, 0.0)
+        if self.normalize_before:
+            xs = self.after_norm(xs).masked_fill(pad, 0.0)
+        return xs, olens, hidden, intermediate_outs
+
+    def forward(
+        self,
+        xs_pad: torch.Tensor,
+        ilens: torch.Tensor,
+        prev_states: torch.Tensor = None,
+        ctc=None,
+        return_all_hs: bool = False,
+        masks: Optional[torch.Tensor] = None,
+    ):
+        """Encodes a padded batch.
+
+        Args:
+            xs_pad: ``(B, T, input_size)``.
+            ilens: Valid lengths ``(B,)``, each in ``[1, T]``.
+            prev_states: Unused (ESPnet interface).
+            ctc: ESPnet CTC module, needed with ``interctc_use_conditioning``.
+            return_all_hs: Also return the output of every block.
+            masks: Optional padding mask ``(B, T)``, True = padding (ESPnet's SSL
+                model passes it); by default built from ``ilens``.
+
+        Returns:
+            Like ESPnet's Conformer encoder: ``(xs, olens, None)`` with ``xs``
+            ``(B, T', output_size)`` and ``olens`` ``(B,)``. With intermediate CTC,
+            ``xs`` is replaced by ``(xs, [(block index, (B, T', d)), ...])``; else
+            with ``return_all_hs``, by ``(xs, [block 1 output, ..., block N
+            output])`` (raw block outputs, before ``after_norm``).
+        """
+        xs, olens, hidden, intermediate_outs = self._run(
+            xs_pad, ilens, masks, ctc, keep_all=return_all_hs
+        )
+        if intermediate_outs:
+            return (xs, intermediate_outs), olens, None
+        if return_all_hs:
+            return (xs, hidden[1:]), olens, None
+        return xs, olens, None
+
+    def forward_layers(
+        self, xs_pad: torch.Tensor, ilens: torch.Tensor, ctc=None
+    ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Features of every layer, for layer-wise analysis.
+
+        Args:
+            xs_pad: ``(B, T, input_size)``.
+            ilens: Valid lengths ``(B,)``.
+            ctc: ESPnet CTC module, needed only with ``interctc_use_conditioning``.
+
+        Returns:
+            hidden_states: ``num_blocks + 1`` tensors ``(B, T', output_size)``:
+                ``[X, T_1, ..., T_N]``. ``X`` is the input of the first block
+                (after the input layer and positional encoding). ``T_i`` for
+                ``i < N`` is the output of block ``i`` (which ends with the block's
+                own LayerNorm). ``T_N`` is the encoder output, i.e. block ``N``'s
+                output passed through ``after_norm`` when ``normalize_before``
+                is True; it equals the first output of :meth:`forward`.
+                Padding frames are zero in every tensor.
+            olens: ``(B,)``.
+        """
+        xs, olens, hidden, _ = self._run(xs_pad, ilens, None, ctc, keep_all=True)
+        hidden[-1] = xs
+        return hidden, olens

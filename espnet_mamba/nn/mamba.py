@@ -1,0 +1,210 @@
+"""Mamba-1 block, parameter-compatible with ``mamba_ssm.modules.mamba_simple.Mamba``.
+
+The state-dict keys and shapes are those of mamba_ssm's module (``in_proj``,
+``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``), so weights move
+between the two. The selective scan runs on mamba_ssm's CUDA kernel when it is
+available and the input is on a GPU, else on the pure-PyTorch scan of
+:mod:`espnet_mamba.nn.selective_scan`.
+"""
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from espnet_mamba.nn.selective_scan import BACKENDS, resolve_backend, selective_scan
+
+try:  # Optional fused causal depthwise convolution (CUDA only).
+    from causal_conv1d import causal_conv1d_fn
+except Exception:  # noqa: BLE001 - missing or broken: F.conv1d is used instead
+    causal_conv1d_fn = None
+
+__all__ = ["Mamba"]
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Upcasts half-precision tensors to float32; float32 and float64 pass."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class Mamba(nn.Module):
+    """Mamba-1 selective state-space block (causal in time).
+
+    ``x -> in_proj -> (x, z)``; ``x -> causal depthwise conv -> SiLU``; ``x`` gives
+    the input-dependent step size ``dt`` (through a rank-``dt_rank`` projection),
+    ``B`` and ``C``; the selective scan mixes time; the output gated by ``SiLU(z)``
+    goes through ``out_proj``.
+
+    Args:
+        d_model: Input and output feature size.
+        d_state: State size N per channel.
+        d_conv: Kernel size of the causal depthwise convolution.
+        expand: Inner size is ``int(expand * d_model)``.
+        dt_rank: Rank of the step-size projection, or ``"auto"`` for
+            ``ceil(d_model / 16)``.
+        dt_min: Smallest initial step size.
+        dt_max: Largest initial step size.
+        dt_init: Initialization of ``dt_proj.weight``: ``"random"`` (uniform) or
+            ``"constant"``.
+        dt_scale: Scale of the ``dt_proj.weight`` initialization.
+        dt_init_floor: Lower clamp of the initial step sizes.
+        conv_bias: Bias in the depthwise convolution.
+        bias: Bias in ``in_proj`` and ``out_proj``.
+        backend: Selective-scan backend: ``"auto"``, ``"torch"`` or ``"cuda"``.
+        device: Device of the parameters.
+        dtype: Dtype of the parameters (``A_log`` and ``D`` stay float32).
+
+    Example:
+        >>> layer = Mamba(d_model=64)
+        >>> layer(torch.randn(2, 100, 64)).shape
+        torch.Size([2, 100, 64])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: Union[int, float] = 2,
+        dt_rank: Union[int, str] = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        backend: str = "auto",
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ):
+        super().__init__()
+        _check_positive_int("d_model", d_model)
+        _check_positive_int("d_state", d_state)
+        _check_positive_int("d_conv", d_conv)
+        if isinstance(expand, bool) or not isinstance(expand, (int, float)) or expand <= 0:
+            raise ValueError(f"expand must be a positive number, got {expand!r}")
+        if int(expand * d_model) < 1:
+            raise ValueError(
+                f"expand * d_model must be at least 1, got {expand} * {d_model}"
+            )
+        if dt_rank != "auto":
+            _check_positive_int("dt_rank", dt_rank)
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(
+                f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max, "
+                f"got dt_min={dt_min}, dt_max={dt_max}"
+            )
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if not dt_scale > 0:
+            raise ValueError(f"dt_scale must be positive, got {dt_scale!r}")
+        if not dt_init_floor >= 0:
+            raise ValueError(f"dt_init_floor must be >= 0, got {dt_init_floor!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+        factory = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.backend = backend
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        # Depthwise; padding d_conv - 1 on both sides, the output is cut to the
+        # first L frames, which makes the convolution causal.
+        self.conv1d = nn.Conv1d(
+            self.d_inner,
+            self.d_inner,
+            kernel_size=d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **factory,
+        )
+        self.x_proj = nn.Linear(
+            self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory
+        )
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+
+        # dt_proj.weight: variance-preserving scale for a rank-dt_rank projection.
+        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                self.dt_proj.weight.fill_(dt_init_std)
+            else:
+                self.dt_proj.weight.uniform_(-dt_init_std, dt_init_std)
+            # dt_proj.bias: softplus(bias) is log-uniform in [dt_min, dt_max].
+            log_dt = torch.empty(self.d_inner, device=device).uniform_(
+                math.log(dt_min), math.log(dt_max)
+            )
+            dt = log_dt.exp().clamp(min=dt_init_floor)
+            # Inverse softplus: x = dt + log(1 - exp(-dt)).
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+
+        # S4D-real initialization: A[d, n] = -(n + 1); kept as log(-A) in float32.
+        a_init = torch.arange(1, d_state + 1, dtype=torch.float32, device=device)
+        self.A_log = nn.Parameter(torch.log(a_init).repeat(self.d_inner, 1))
+        self.A_log._no_weight_decay = True
+        # Skip connection y += D * x.
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Applies the block.
+
+        Args:
+            x: ``(B, L, d_model)``.
+
+        Returns:
+            ``(B, L, d_model)``. Frame ``t`` depends only on frames ``0..t``.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"Mamba expects input (B, L, {self.d_model}), got {tuple(x.shape)}"
+            )
+        length = x.shape[1]
+        backend = resolve_backend(self.backend, x.device)
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2 * d_inner, L)
+        x_in, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
+
+        if backend == "cuda" and causal_conv1d_fn is not None:
+            x_in = causal_conv1d_fn(
+                x_in.contiguous(),
+                self.conv1d.weight.squeeze(1),
+                self.conv1d.bias,
+                activation="silu",
+            )
+        else:
+            x_in = F.silu(self.conv1d(x_in)[..., :length])
+
+        x_dbl = self.x_proj(x_in.transpose(1, 2))  # (B, L, dt_rank + 2 * d_state)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L)
+        A = -torch.exp(_at_least_float32(self.A_log))  # (d_inner, d_state)
+        y = selective_scan(
+            x_in.contiguous(),
+            dt.contiguous(),
+            A,
+            B.transpose(1, 2).contiguous(),  # (B, d_state, L)
+            C.transpose(1, 2).contiguous(),
+            D=_at_least_float32(self.D),
+            z=z.contiguous(),
+            delta_bias=_at_least_float32(self.dt_proj.bias),
+            delta_softplus=True,
+            backend=backend,
+        )  # (B, d_inner, L)
+        return self.out_proj(y.transpose(1, 2))
