@@ -103,8 +103,9 @@ main() {
     strip_torchaudio_cuda_libs
     "${pip[@]}" install -q "${pinned[@]}" espnet-s3prl
     build_kenlm_binaries
+    # compat mode puts the repository root on sys.path, so packages added later import too
     log "Installing mamba-mi (editable)"
-    "${pip[@]}" install -q "${pinned[@]}" --no-deps --no-build-isolation -e "${root}"
+    "${pip[@]}" install -q "${pinned[@]}" --no-deps --no-build-isolation --config-settings editable_mode=compat -e "${root}"
     "${venv}/bin/python" -c "import espnet2.tasks.asr, s3prl, kenlm, sentencepiece, espnet_mamba" \
         || { log "Error: the installed environment does not import"; exit 1; }
     echo "${stamp_value}" >"${stamp_file}"

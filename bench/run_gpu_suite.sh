@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Run the GPU benchmarks of docs/benchmarks.md on an (offline) CUDA machine.
+#
+# Usage: bench/run_gpu_suite.sh --wheels DIR --out DIR [--only "scan encoder mine hubert"]
+#   --wheels DIR   wheels + mamba_ssm/causal_conv1d sdists (tools/install_gpu_offline.sh)
+#   --out DIR      where the tables and logs go
+set -euo pipefail
+wheels="" out="" only="scan encoder mine hubert"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --wheels) wheels=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --only) only=$2; shift 2 ;;
+        *) echo "usage: $0 --wheels DIR --out DIR [--only LIST]" >&2; exit 2 ;;
+    esac
+done
+[ -n "${wheels}" ] && [ -n "${out}" ] || { echo "usage: $0 --wheels DIR --out DIR" >&2; exit 2; }
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "${out}"
+site=$(mktemp -d)/site
+tools/install_gpu_offline.sh --from "${wheels}" --target "${site}" 2>&1 | tee "${out}/install.log"
+export PYTHONPATH="${root}:${site}${PYTHONPATH:+:${PYTHONPATH}}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "${out}/card.txt"
+for job in ${only}; do
+    case "${job}" in
+        scan) python3 bench/check_scan_backends.py --out "${out}/scan_backends.md" ;;
+        encoder)
+            python3 bench/bench_encoder.py --out "${out}/encoder_fp32.md"
+            python3 bench/bench_encoder.py --dtype bfloat16 --out "${out}/encoder_bf16.md" ;;
+        mine) python3 bench/bench_mine.py --out "${out}/mine.md" ;;
+        hubert) python3 bench/bench_hubert.py --out "${out}/hubert.md" ;;
+        *) echo "unknown job ${job}" >&2; exit 2 ;;
+    esac 2>&1 | tee "${out}/${job}.log"
+done
