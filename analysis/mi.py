@@ -1,0 +1,410 @@
+"""Neural mutual-information estimators for one pair of frame sequences.
+
+``estimate_mi(x, y)`` estimates I(X; Y) in nats from n paired samples (the frames of
+one utterance): row i of x ``(n, dx)`` and row i of y ``(n, dy)`` are drawn from the
+joint distribution. A statistics network (critic) T(x, y) is trained on the frames
+and a variational lower bound is evaluated with it.
+
+Estimators (``estimator=``):
+
+- ``"mine"``: MINE (Belghazi et al., 2018) as used by the paper: the biased
+  Donsker-Varadhan (DV) bound ``mean T(x, y) - log mean exp T(x, y')`` is maximized
+  directly; y' is y shuffled, so (x, y') is a sample of the product of marginals.
+- ``"mine-ema"``: MINE with Belghazi's bias-corrected gradient: the denominator
+  ``mean exp T(x, y')`` of the DV gradient is replaced by an exponential moving
+  average over mini-batches (``MIOptions.ema_alpha``). Reported value: the DV bound.
+- ``"nwj"``: the f-divergence bound of Nguyen, Wainwright and Jordan,
+  ``mean T(x, y) - mean exp(T(x, y') - 1)``, trained and reported.
+- ``"infonce"``: InfoNCE (van den Oord et al., 2018). Each mini-batch of b frames
+  scores all b x b pairs; the bound ``mean_i [T(x_i, y_i) - log sum_j exp T(x_i, y_j)]
+  + log b`` can never exceed log b.
+- ``"smile"``: SMILE (Song and Ermon, 2020): the critic is trained with the
+  Jensen-Shannon f-GAN objective; the reported value is the DV bound with
+  ``exp T(x, y')`` clipped to ``[exp(-tau), exp(tau)]`` (``MIOptions.smile_clip``).
+
+Training recipe (the defaults reproduce the paper's MINE setup): critic = MLP on
+``cat(x, y)`` with hidden sizes 100, 100 and ReLU, Adam with learning rate 1e-4,
+100 epochs over the frames in shuffled mini-batches of 128; marginal samples pair
+each x of a mini-batch with the y of another frame of the same mini-batch (a random
+permutation). The reported estimate is one evaluation of the estimator's bound on
+all n frames: for DV, NWJ and SMILE the joint term uses every frame and the marginal
+term pairs frame i with frame pi(i) for one random permutation pi of the frames;
+for InfoNCE the frames are split by pi into blocks of ``batch_size`` frames, the
+bound is evaluated in each block and averaged with weights proportional to block
+size (so the value stays below log(batch_size)).
+
+Departures from the authors' code (all deliberate):
+
+- Each (x, y) pair gets a freshly initialized critic and optimizer.
+- Utterances with fewer frames than ``batch_size`` are trained with one batch of
+  all n frames per epoch (the authors' loop trained nothing on them). Fewer than
+  ``min_frames`` frames raise ``ValueError``.
+- Padding frames are never data: callers pass each utterance at its true length.
+- ``standardize=True`` (default) z-scores every dimension of x and of y over the
+  utterance's frames before training; the authors used raw features. MI is
+  invariant to such invertible per-dimension maps, but the critic trains much
+  better on inputs of unit scale.
+- Training always runs with autograd anomaly detection off.
+- All randomness is a function of ``(seed, n)`` (see ``analysis._rng``): the
+  same inputs and options give the same estimate on any device, alone or inside
+  the batched engine (``analysis.engine.estimate_mi_batched``).
+
+This module is the plain one-pair-at-a-time implementation (``torch.nn`` modules and
+``torch.optim.Adam``); it is the reference the batched engine is tested against.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from analysis._rng import ProblemRandom
+
+__all__ = [
+    "ESTIMATORS",
+    "MIOptions",
+    "StatisticsNetwork",
+    "as_frames",
+    "check_estimator",
+    "estimate_mi",
+    "resolve_device",
+    "resolve_options",
+    "standardize_frames",
+]
+
+ESTIMATORS = ("mine", "mine-ema", "nwj", "infonce", "smile")
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MIOptions:
+    """Hyper-parameters of an MI estimate. The defaults are the paper's MINE recipe.
+
+    Attributes:
+        hidden: Hidden layer sizes of the statistics network, an MLP on
+            ``cat(x, y)`` with ReLU after each hidden layer and a scalar output.
+        lr: Adam learning rate.
+        epochs: Passes over the utterance's frames.
+        batch_size: Frames per mini-batch (the last batch of an epoch holds the
+            remaining ``n mod batch_size`` frames). An utterance with fewer frames
+            than this is trained with one batch of all its frames.
+        standardize: Z-score each dimension of x and of y over the utterance's
+            frames before training (population standard deviation; constant
+            dimensions become 0). A departure from the authors, who used raw
+            features; it does not change the true MI.
+        seed: Seed of the critic's initialization, the frame shuffles, the
+            marginal permutations and the evaluation permutation.
+        device: Torch device; None means "cuda" when available, else "cpu".
+        dtype: torch.float32 or torch.float64 for the critic and the features.
+        min_frames: Fewer frames than this raise ``ValueError`` (at least 2: one
+            frame has no marginal sample).
+        ema_alpha: "mine-ema" only: weight of the newest mini-batch in the moving
+            average of ``mean exp T(x, y')`` (Belghazi et al. use 0.01).
+        smile_clip: "smile" only: tau; critic values on marginal samples are
+            clipped to ``[-tau, tau]`` in the reported DV bound.
+        adam_betas: Adam's (beta1, beta2) (PyTorch defaults, as the authors).
+        adam_eps: Adam's epsilon (PyTorch default).
+    """
+
+    hidden: Tuple[int, ...] = (100, 100)
+    lr: float = 1e-4
+    epochs: int = 100
+    batch_size: int = 128
+    standardize: bool = True
+    seed: int = 0
+    device: Optional[Union[str, torch.device]] = None
+    dtype: torch.dtype = torch.float32
+    min_frames: int = 2
+    ema_alpha: float = 0.01
+    smile_clip: float = 5.0
+    adam_betas: Tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        hidden = tuple(self.hidden)
+        if not hidden or any(not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {self.hidden!r}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not isinstance(self.epochs, (int, np.integer)) or self.epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
+        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 2:
+            raise ValueError(f"batch_size must be an int >= 2, got {self.batch_size!r}")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
+        if not isinstance(self.min_frames, (int, np.integer)) or self.min_frames < 2:
+            raise ValueError(f"min_frames must be an int >= 2, got {self.min_frames!r}")
+        if not 0.0 < self.ema_alpha <= 1.0:
+            raise ValueError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
+        if not self.smile_clip > 0:
+            raise ValueError(f"smile_clip must be > 0, got {self.smile_clip}")
+        beta1, beta2 = self.adam_betas
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ValueError(f"adam_betas must be in [0, 1), got {self.adam_betas}")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
+
+
+def resolve_options(options: Optional[MIOptions] = None, **overrides) -> MIOptions:
+    """``options`` (or the defaults) with some fields replaced.
+
+    Raises:
+        ValueError: An override names no field of MIOptions, or a value is invalid.
+    """
+    names = {f.name for f in dataclasses.fields(MIOptions)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown MI option(s) {unknown}; valid: {sorted(names)}")
+    if options is None:
+        return MIOptions(**overrides)
+    if not isinstance(options, MIOptions):
+        raise ValueError(f"options must be an MIOptions, got {type(options).__name__}")
+    return dataclasses.replace(options, **overrides) if overrides else options
+
+
+def check_estimator(estimator: str) -> str:
+    """Returns ``estimator`` or raises ValueError listing the valid names."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
+    return estimator
+
+
+def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
+    """``device``, or cuda when available else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def as_frames(a: ArrayLike, name: str, check_finite: bool = True) -> torch.Tensor:
+    """Validates one frame matrix and returns it as a tensor ``(n, d)`` (no copy if possible).
+
+    Args:
+        a: ``(n, d)`` numpy array or tensor; a 1-D ``(n,)`` input is read as ``(n, 1)``.
+        name: Used in error messages.
+        check_finite: Reject NaN and infinite values.
+
+    Raises:
+        ValueError: Wrong number of dimensions, no feature dimension, or
+            non-finite values.
+    """
+    t = torch.as_tensor(a)
+    if t.dim() == 1:
+        t = t.unsqueeze(1)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be (frames, dims), got shape {tuple(t.shape)}")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has no feature dimension (shape {tuple(t.shape)})")
+    if t.is_complex():
+        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    if check_finite and t.is_floating_point():
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ValueError(f"{name} contains NaN or infinite values ({bad} entries)")
+    return t
+
+
+# Columns whose standard deviation is below this multiple of eps(dtype) times the
+# column's RMS are treated as constant (their rounding noise is not amplified).
+_CONSTANT_TOL = 16.0
+
+
+def standardize_frames(a: torch.Tensor) -> torch.Tensor:
+    """Z-scores every column of ``a`` ``(n, d)`` over its rows; constant columns become 0.
+
+    Statistics are computed in float64 and the result is cast back to ``a.dtype``.
+    """
+    a64 = a.double()
+    mean = a64.mean(0, keepdim=True)
+    centered = a64 - mean
+    std = centered.pow(2).mean(0, keepdim=True).sqrt()
+    rms = a64.pow(2).mean(0, keepdim=True).sqrt()
+    constant = std <= _CONSTANT_TOL * torch.finfo(a.dtype).eps * rms
+    scale = torch.where(constant, torch.full_like(std, math.inf), std)
+    return (centered / scale).to(a.dtype)
+
+
+class StatisticsNetwork(nn.Module):
+    """The critic T(x, y): an MLP on ``cat(x, y)`` with ReLU hidden layers and a scalar output.
+
+    Args:
+        x_dim: dx.
+        y_dim: dy.
+        hidden: Hidden layer sizes.
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, hidden: Tuple[int, ...] = (100, 100)) -> None:
+        super().__init__()
+        sizes = [x_dim + y_dim, *hidden]
+        layers = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], 1))
+        self.net = nn.Sequential(*layers)
+
+    def linears(self):
+        """The linear layers, first to last."""
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    @torch.no_grad()
+    def reset_from(self, rng: ProblemRandom) -> None:
+        """Initializes the weights from problem 0 of ``rng`` (as the batched engine does)."""
+        for layer, linear in enumerate(self.linears()):
+            weight, bias = rng.init_linear(layer, linear.in_features, linear.out_features)
+            linear.weight.copy_(weight[0])
+            linear.bias.copy_(bias[0])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Scores ``(...)`` of x ``(..., dx)`` and y ``(..., dy)``."""
+        return self.net(torch.cat([x, y], dim=-1)).squeeze(-1)
+
+
+def _log_mean_exp(t: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(t, dim=0) - math.log(t.shape[0])
+
+
+def _pair_scores(net: StatisticsNetwork, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """All pairs: ``S[i, j] = T(x_i, y_j)``, shape ``(b, b)``."""
+    b = x.shape[0]
+    return net(x.unsqueeze(1).expand(b, b, x.shape[1]), y.unsqueeze(0).expand(b, b, y.shape[1]))
+
+
+def _infonce_bound(scores: torch.Tensor) -> torch.Tensor:
+    """InfoNCE bound of one block of pair scores ``(b, b)`` (diagonal = joint pairs)."""
+    b = scores.shape[0]
+    return (scores.diagonal() - torch.logsumexp(scores, dim=1)).mean() + math.log(b)
+
+
+def _training_loss(estimator, net, xb, yb, partner, log_ema, opts):
+    """Loss of one mini-batch and the updated EMA state ("mine-ema")."""
+    if estimator == "infonce":
+        return -_infonce_bound(_pair_scores(net, xb, yb)), log_ema
+    t_joint = net(xb, yb)
+    t_marg = net(xb, yb[partner])
+    if estimator == "mine":
+        return -(t_joint.mean() - _log_mean_exp(t_marg)), log_ema
+    if estimator == "mine-ema":
+        lme = _log_mean_exp(t_marg)
+        if log_ema is None:
+            log_ema = lme.detach()
+        else:
+            alpha = opts.ema_alpha
+            old = log_ema + math.log1p(-alpha) if alpha < 1 else torch.full_like(log_ema, -math.inf)
+            log_ema = torch.logaddexp(old, lme.detach() + math.log(alpha))
+        # Gradient: grad(mean T_joint) - grad(mean exp T_marg) / EMA(mean exp T_marg).
+        return -(t_joint.mean() - torch.exp(lme - log_ema)), log_ema
+    if estimator == "nwj":
+        return -(t_joint.mean() - torch.exp(t_marg - 1.0).mean()), log_ema
+    if estimator == "smile":
+        # Jensen-Shannon f-GAN objective; its optimal critic is log p(x,y)/(p(x)p(y)).
+        return F.softplus(-t_joint).mean() + F.softplus(t_marg).mean(), log_ema
+    raise AssertionError(estimator)
+
+
+def _evaluate(estimator, net, x, y, perm, batch_size, opts) -> float:
+    """The estimator's bound on all frames (see the module docstring)."""
+    if estimator == "infonce":
+        n = x.shape[0]
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            total += float(_infonce_bound(_pair_scores(net, x[idx], y[idx]))) * len(idx)
+        return total / n
+    t_joint = net(x, y)
+    t_marg = net(x, y[perm])
+    if estimator in ("mine", "mine-ema"):
+        value = t_joint.mean() - _log_mean_exp(t_marg)
+    elif estimator == "nwj":
+        value = t_joint.mean() - torch.exp(t_marg - 1.0).mean()
+    elif estimator == "smile":
+        tau = opts.smile_clip
+        value = t_joint.mean() - _log_mean_exp(t_marg.clamp(-tau, tau))
+    else:
+        raise AssertionError(estimator)
+    return float(value)
+
+
+def _prepare_pair(x: ArrayLike, y: ArrayLike, opts: MIOptions, device: torch.device):
+    """Validates a pair and returns ``(x, y)`` on ``device`` in ``opts.dtype``, standardized if asked."""
+    xt = as_frames(x, "x")
+    yt = as_frames(y, "y")
+    if xt.shape[0] != yt.shape[0]:
+        raise ValueError(
+            f"x and y must have the same number of frames (rows): x has {xt.shape[0]}, y has {yt.shape[0]}"
+        )
+    n = xt.shape[0]
+    if n < opts.min_frames:
+        raise ValueError(f"too few frames to estimate MI: {n} < min_frames={opts.min_frames}")
+    if opts.epochs * n >= 2 ** 32:
+        raise ValueError(f"epochs * frames must be < 2**32, got {opts.epochs} * {n}")
+    xt = xt.to(device=device, dtype=opts.dtype)
+    yt = yt.to(device=device, dtype=opts.dtype)
+    if opts.standardize:
+        xt, yt = standardize_frames(xt), standardize_frames(yt)
+    return xt, yt
+
+
+def estimate_mi(
+    x: ArrayLike,
+    y: ArrayLike,
+    estimator: str = "mine",
+    options: Optional[MIOptions] = None,
+    **overrides,
+) -> float:
+    """Estimates I(X; Y) in nats from paired frames, training a fresh critic.
+
+    Args:
+        x: ``(n, dx)`` frames (numpy or torch; ``(n,)`` is read as ``(n, 1)``).
+        y: ``(n, dy)`` frames; row i pairs with row i of x.
+        estimator: One of ``ESTIMATORS``.
+        options: Hyper-parameters (default: the paper's MINE recipe).
+        **overrides: Fields of MIOptions replacing those of ``options``, e.g.
+            ``estimate_mi(x, y, epochs=20, lr=1e-3)``.
+
+    Returns:
+        The estimate in nats (may be negative for weakly dependent data; DV, NWJ
+        and SMILE values are not capped, InfoNCE values are below log(batch_size)).
+
+    Raises:
+        ValueError: Unknown estimator or option, x and y with different numbers
+            of frames, fewer than ``min_frames`` frames, or NaN/inf in the data.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(500, 2, generator=g)
+        >>> y = x + 0.5 * torch.randn(500, 2, generator=g)
+        >>> mi = estimate_mi(x, y, epochs=20, lr=1e-3)  # true value 1.61 nats
+    """
+    check_estimator(estimator)
+    opts = resolve_options(options, **overrides)
+    device = resolve_device(opts.device)
+    x, y = _prepare_pair(x, y, opts, device)
+    n = x.shape[0]
+    b = opts.batch_size
+    rng = ProblemRandom([opts.seed], [n], n, device)
+    net = StatisticsNetwork(x.shape[1], y.shape[1], opts.hidden).to(device=device, dtype=opts.dtype)
+    net.reset_from(rng)
+    optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, betas=opts.adam_betas, eps=opts.adam_eps)
+    log_ema = None
+    with torch.autograd.set_detect_anomaly(False):
+        for epoch in range(opts.epochs):
+            order, partner = rng.epoch(epoch, b)
+            order, partner = order[0], partner[0]
+            for start in range(0, n, b):
+                idx = order[start:start + b]
+                local_partner = partner[start:start + b] - start
+                loss, log_ema = _training_loss(estimator, net, x[idx], y[idx], local_partner, log_ema, opts)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            return _evaluate(estimator, net, x, y, rng.eval_permutation()[0], b, opts)
