@@ -3,7 +3,6 @@
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
 from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
 from espnet.nets.pytorch_backend.transformer.layer_norm import LayerNorm
 from espnet.nets.pytorch_backend.transformer.subsampling import (
@@ -15,6 +14,7 @@ from espnet.nets.pytorch_backend.transformer.subsampling import (
 )
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 
+from espnet_mamba.nn.bimamba import Padding
 from espnet_mamba.nn.conbimamba_layer import ConBiMambaLayer
 from espnet_mamba.nn.selective_scan import BACKENDS
 
@@ -205,7 +205,14 @@ class ConBiMambaEncoder(AbsEncoder):
     def _check_inputs(
         self, xs_pad: torch.Tensor, ilens: torch.Tensor, masks: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """Validates the inputs; returns the padding mask ``(B, T)`` (True = pad)."""
+        """Validates the inputs; returns the valid lengths ``(B,)`` on the device of
+        ``xs_pad``.
+
+        Shapes are always checked. The values of ``ilens`` are checked when
+        ``ilens`` is on the CPU; on a GPU they are not read, since that would make
+        the host wait for the GPU in every training step (out-of-range lengths are
+        then clamped into ``[0, T]``).
+        """
         if xs_pad.dim() != 3:
             raise ValueError(
                 f"xs_pad must be (B, T, {self.input_size}), got shape {tuple(xs_pad.shape)}"
@@ -220,25 +227,31 @@ class ConBiMambaEncoder(AbsEncoder):
             raise ValueError(f"ilens must be a ({batch},) tensor, got {shape}")
         if batch == 0:
             raise ValueError("xs_pad holds an empty batch")
-        if int(ilens.max()) > length:
-            raise ValueError(
-                f"ilens has a length {int(ilens.max())} longer than xs_pad ({length} frames)"
-            )
-        if int(ilens.min()) <= 0:
-            raise ValueError(f"ilens must be positive, got {ilens.tolist()}")
+        if ilens.device.type == "cpu":
+            longest, shortest = int(ilens.max()), int(ilens.min())
+            if longest > length:
+                raise ValueError(
+                    f"ilens has a length {longest} longer than xs_pad ({length} frames)"
+                )
+            if shortest <= 0:
+                raise ValueError(f"ilens must be positive, got {ilens.tolist()}")
         if masks is None:
-            return make_pad_mask(ilens, maxlen=length).to(xs_pad.device)
+            return ilens.to(xs_pad.device, torch.long, non_blocking=True)
         if masks.shape != (batch, length):
             raise ValueError(
                 f"masks must be ({batch}, {length}) (True = padding), "
                 f"got shape {tuple(masks.shape)}"
             )
-        return masks.bool()
+        return (~masks.bool()).sum(-1)
 
     def _embed(
-        self, xs_pad: torch.Tensor, pad_mask: torch.Tensor
+        self, xs_pad: torch.Tensor, lengths: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Input layer and positional encoding.
+
+        Args:
+            xs_pad: ``(B, T, input_size)``.
+            lengths: Valid input frames ``(B,)``, on the device of ``xs_pad``.
 
         Returns:
             xs: ``(B, T', d)``.
@@ -250,7 +263,7 @@ class ConBiMambaEncoder(AbsEncoder):
                 equal to each sequence encoded alone.
         """
         if self.input_layer not in _SUBSAMPLING:
-            return self.embed(xs_pad), (~pad_mask).sum(-1)
+            return self.embed(xs_pad), lengths
         too_short, limit = check_short_utt(self.embed, xs_pad.size(1))
         if too_short:
             raise TooShortUttError(
@@ -259,8 +272,7 @@ class ConBiMambaEncoder(AbsEncoder):
                 xs_pad.size(1),
                 limit,
             )
-        xs, _ = self.embed(xs_pad, ~pad_mask[:, None, :])
-        lengths = (~pad_mask).sum(-1)
+        xs, _ = self.embed(xs_pad, None)  # the lengths below replace ESPnet's mask
         olens = (lengths - 1) // 2  # first Conv2d(kernel 3, stride 2)
         if self.input_layer == "conv2d":
             olens = (olens - 1) // 2
@@ -280,6 +292,11 @@ class ConBiMambaEncoder(AbsEncoder):
     ):
         """Shared forward pass.
 
+        The padding of the batch (lengths, masks, the reversal index of BiMamba) is
+        built once, on the device, and shared by all blocks; nothing in the pass
+        reads a tensor value on the host. Blocks never let padding frames reach
+        valid frames, so padding is zeroed only in the tensors returned.
+
         Returns:
             xs: Final output ``(B, T', d)``, zero at padding.
             olens: ``(B,)``.
@@ -293,26 +310,27 @@ class ConBiMambaEncoder(AbsEncoder):
                     "interctc_use_conditioning needs the ctc module and "
                     "encoder.conditioning_layer (ESPnet's ASR model sets it)"
                 )
-        pad_mask = self._check_inputs(xs_pad, ilens, masks)
-        xs, olens = self._embed(xs_pad, pad_mask)
-        frames = torch.arange(xs.size(1), device=xs.device)
-        pad = (frames[None, :] >= olens[:, None])[..., None]  # (B, T', 1)
-        xs = xs.masked_fill(pad, 0.0)
+        lengths = self._check_inputs(xs_pad, ilens, masks)
+        xs, olens = self._embed(xs_pad, lengths)
+        padding = Padding(olens, xs.size(1))
+        olens = padding.lengths
+        # Zero the frames that saw padding input (whatever it holds, even inf or nan).
+        xs = xs.masked_fill(padding.pad, 0.0)
         hidden = [xs] if keep_all else []
         intermediate_outs = []
         for index, block in enumerate(self.encoders, start=1):
-            xs = block(xs, lengths=olens).masked_fill(pad, 0.0)
+            xs = block(xs, padding=padding)
             if keep_all:
-                hidden.append(xs)
+                hidden.append(xs.masked_fill(padding.pad, 0.0))
             if index in self.interctc_layer_idx:
                 out = self.after_norm(xs) if self.normalize_before else xs
-                out = out.masked_fill(pad, 0.0)
+                out = out.masked_fill(padding.pad, 0.0)
                 intermediate_outs.append((index, out))
                 if self.interctc_use_conditioning:
                     xs = xs + self.conditioning_layer(ctc.softmax(out))
-                    xs = xs.masked_fill(pad, 0.0)
         if self.normalize_before:
-            xs = self.after_norm(xs).masked_fill(pad, 0.0)
+            xs = self.after_norm(xs)
+        xs = xs.masked_fill(padding.pad, 0.0)
         return xs, olens, hidden, intermediate_outs
 
     def forward(
@@ -328,7 +346,9 @@ class ConBiMambaEncoder(AbsEncoder):
 
         Args:
             xs_pad: ``(B, T, input_size)``.
-            ilens: Valid lengths ``(B,)``, each in ``[1, T]``.
+            ilens: Valid lengths ``(B,)``, each in ``[1, T]``. Checked when on the
+                CPU; on a GPU (as ESPnet passes them) their values are not read,
+                so that the step never waits for the GPU.
             prev_states: Unused (ESPnet interface).
             ctc: ESPnet CTC module, needed with ``interctc_use_conditioning``.
             return_all_hs: Also return the output of every block.

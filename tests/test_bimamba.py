@@ -10,6 +10,7 @@ from espnet_mamba.nn import (
     lengths_from_mask,
     reverse_padded,
 )
+from espnet_mamba.nn.bimamba import Padding
 
 LENGTHS = [37, 20, 1, 50]
 
@@ -51,6 +52,37 @@ def test_reverse_padded_matches_loop():
 def test_reverse_padded_rejects_bad_lengths():
     with pytest.raises(ValueError, match="lengths"):
         reverse_padded(torch.randn(2, 5, 3), torch.tensor([5, 4, 3]))
+
+
+def test_padding_matches_loop_and_reverse_padded():
+    lengths = torch.tensor([9, 4, 0, 1])
+    padding = Padding(lengths, 9)
+    for b, n in enumerate(lengths.tolist()):
+        assert padding.pad[b, :, 0].tolist() == [t >= n for t in range(9)]
+    x = torch.randn(4, 9, 3)
+    assert torch.equal(padding.reverse(x), reverse_padded(x, lengths))
+    assert torch.equal(padding.reverse(padding.reverse(x)), x)
+    y = torch.randn(4, 9, 5)  # another feature size: its own expanded index
+    assert torch.equal(padding.reverse(y), reverse_padded(y, lengths))
+    assert padding.lengths.dtype == torch.long
+    valid = padding.valid(torch.float64)
+    assert valid.dtype == torch.float64 and valid.shape == (4, 9, 1)
+    assert torch.equal(valid, (~padding.pad).double())
+    assert padding.valid(torch.float64) is valid  # built once per dtype
+
+
+def test_padding_clamps_and_rejects():
+    # Lengths are not read on the host; out-of-range values are clamped.
+    padding = Padding(torch.tensor([12, -3]), 5)
+    assert padding.lengths.tolist() == [5, 0]
+    x = torch.randn(2, 5, 2)
+    assert torch.equal(padding.reverse(x), reverse_padded(x, torch.tensor([5, 0])))
+    with pytest.raises(ValueError, match="integer"):
+        Padding(torch.tensor([2.0, 3.0]), 5)
+    with pytest.raises(ValueError, match="lengths"):
+        Padding(torch.tensor([[2, 3]]), 5)
+    with pytest.raises(ValueError, match="padding describes"):
+        padding.check(torch.randn(2, 6, 3))
 
 
 def test_lengths_from_mask():
@@ -96,6 +128,41 @@ def test_bimamba_padding_invariance():
         layer(batch, lengths=lengths, mask=mask)
 
 
+def test_bimamba_with_shared_padding():
+    """A shared Padding gives the valid frames of lengths=..., without zeroing the rest."""
+    torch.manual_seed(0)
+    layer = BiMamba(d_model=8, d_state=4)
+    _, batch, lengths = padded_batch(LENGTHS, 8)
+    padding = Padding(lengths, batch.shape[1])
+    out = layer(batch, padding=padding)
+    reference = layer(batch, lengths=lengths)
+    assert torch.equal(out.masked_fill(padding.pad, 0.0), reference)
+    assert out[2, 1:].abs().sum() > 0  # padding frames are left as computed
+    with pytest.raises(ValueError, match="not both"):
+        layer(batch, lengths=lengths, padding=padding)
+    with pytest.raises(ValueError, match="padding describes"):
+        layer(batch[:, :10], padding=padding)
+
+
+@pytest.mark.parametrize("use_batch_norm", [True, False])
+def test_masked_convolution_module_matches_conv1d_reference(use_batch_norm):
+    """Pointwise convolutions run as matrix products: same values as Conv1d (float64)."""
+    torch.manual_seed(0)
+    module = MaskedConvolutionModule(8, kernel_size=7, use_batch_norm=use_batch_norm)
+    module = module.double().train()
+    _, batch, lengths = padded_batch(LENGTHS, 8)
+    x = batch.double()
+    h = torch.nn.functional.glu(module.pointwise_conv1(x.transpose(1, 2)), dim=1)
+    valid = torch.arange(x.shape[1])[None, None, :] < lengths[:, None, None]
+    h = module.depthwise_conv(h * valid)
+    if use_batch_norm:
+        h = module.norm(h)
+    else:
+        h = module.norm(h.transpose(1, 2)).transpose(1, 2)
+    expected = module.pointwise_conv2(torch.nn.functional.silu(h)).transpose(1, 2)
+    assert torch.allclose(module(x, lengths), expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("use_batch_norm", [True, False])
 def test_masked_convolution_module_padding_invariance(use_batch_norm):
     torch.manual_seed(0)
@@ -138,6 +205,39 @@ def test_layer_padding_invariance_training_with_layer_norm():
     seqs, batch, lengths = padded_batch(LENGTHS, 16)
     out = layer(batch, lengths=lengths)
     assert_matches_alone(lambda x, n: layer(x, lengths=n), seqs, out, lengths)
+
+
+@pytest.mark.parametrize("normalize_before", [True, False])
+def test_layer_shared_padding_equals_lengths(normalize_before):
+    layer = make_layer(normalize_before=normalize_before).eval()
+    _, batch, lengths = padded_batch(LENGTHS, 16)
+    with torch.no_grad():
+        out = layer(batch, padding=Padding(lengths, batch.shape[1]))
+        assert torch.equal(out, layer(batch, lengths=lengths))
+    with pytest.raises(ValueError, match="padding describes"):
+        layer(batch[:2], padding=Padding(lengths, batch.shape[1]))
+
+
+def test_layer_residual_is_scaled_sum():
+    """The one-op residual ``add(x, y, alpha=0.5)`` equals ``x + 0.5 * y`` exactly."""
+    layer = make_layer().eval()
+    x = torch.randn(3, 20, 16)
+    with torch.no_grad():
+        got = layer._residual(x, layer.norm_ff, layer.feed_forward, 0.5)
+        expected = x + 0.5 * layer.feed_forward(layer.norm_ff(x))
+    assert torch.equal(got, expected)
+
+
+def test_layer_reads_no_tensor_values():
+    """Forward and backward on the meta device, where reading any tensor value
+    (``.item()``, ``bool(t)``, ``.tolist()``) raises: with GPU lengths or a shared
+    Padding the layer never waits for the device."""
+    layer = make_layer().train().to("meta")
+    x = torch.empty(3, 20, 16, device="meta", requires_grad=True)
+    lengths = torch.empty(3, dtype=torch.long, device="meta")
+    for kwargs in (dict(lengths=lengths), dict(padding=Padding(lengths, 20))):
+        layer(x, **kwargs).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
 
 
 def test_layer_structure_and_gradients():

@@ -5,7 +5,10 @@ import torch
 from espnet.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 
+from espnet_mamba import encoder as encoder_module
 from espnet_mamba.encoder import ConBiMambaEncoder
+from espnet_mamba.nn import bimamba as bimamba_module
+from espnet_mamba.nn import conbimamba_layer as layer_module
 
 SMALL = dict(output_size=16, linear_units=32, num_blocks=2, cnn_module_kernel=5, d_state=4)
 
@@ -64,6 +67,77 @@ def test_padding_invariance(input_layer, pos_enc):
             assert olen_alone.item() == olens[i].item() == alone.shape[1]
             err = (out[i, : olens[i]] - alone[0]).abs().max() / alone.abs().max()
             assert err <= 1e-5, f"utterance {i}"
+
+
+def test_nan_padding_never_reaches_valid_frames():
+    encoder = make_encoder().eval()
+    ilens = [75, 40, 23]
+    xs = torch.randn(3, 75, 20)
+    for i, n in enumerate(ilens):
+        xs[i, n:] = float("nan")
+    with torch.no_grad():
+        out, olens, _ = encoder(xs, torch.tensor(ilens))
+        for i, n in enumerate(ilens):
+            alone, _, _ = encoder(xs[i : i + 1, :n], torch.tensor([n]))
+            assert torch.allclose(out[i, : olens[i]], alone[0], rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(out).all()
+    assert all(torch.all(out[i, n:] == 0) for i, n in enumerate(olens.tolist()))
+
+
+def test_forward_backward_read_no_tensor_values():
+    """The whole step runs on the meta device, where reading a tensor value on the
+    host (``.item()``, ``int(t)``, ``bool(t)``, ``.tolist()``, a data-dependent
+    shape) raises. So with ilens on a GPU, as ESPnet passes them, the encoder never
+    makes the host wait for the GPU."""
+    encoder = make_encoder(num_blocks=3, interctc_layer_idx=[1]).train().to("meta")
+    xs = torch.empty(3, 90, 20, device="meta", requires_grad=True)
+    ilens = torch.empty(3, dtype=torch.long, device="meta")
+    (out, inter), olens, _ = encoder(xs, ilens)
+    (out.sum() + inter[0][1].sum()).backward()
+    assert out.shape == (3, 21, 16) and olens.shape == (3,)
+    assert all(p.grad is not None for p in encoder.parameters())
+    hidden, _ = encoder.forward_layers(xs, ilens)
+    assert len(hidden) == 4
+    masks = torch.empty(3, 90, dtype=torch.bool, device="meta")
+    encoder(xs, ilens, masks=masks, return_all_hs=True)
+
+
+def test_padding_is_built_once_per_forward(monkeypatch):
+    """Masks, lengths and the reversal index are built once and shared by all blocks."""
+    built = []
+
+    class CountingPadding(bimamba_module.Padding):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built.append(self)
+
+    monkeypatch.setattr(encoder_module, "Padding", CountingPadding)
+    monkeypatch.setattr(bimamba_module, "Padding", CountingPadding)
+    monkeypatch.setattr(layer_module, "Padding", CountingPadding)
+    seen = []
+    encoder = make_encoder(num_blocks=3).train()
+    for block in encoder.encoders:
+        block.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["padding"]), with_kwargs=True
+        )
+    encoder(torch.randn(2, 60, 20), torch.tensor([60, 33]))[0].sum().backward()
+    assert len(built) == 1 and seen == built * 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_has_no_synchronisation():
+    encoder = make_encoder(num_blocks=2).cuda().train()
+    xs = torch.randn(2, 60, 20, device="cuda")
+    ilens = torch.tensor([60, 33], device="cuda")
+    encoder(xs, ilens)[0].sum().backward()  # warm-up (cuDNN, allocator)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, _, _ = encoder(xs, ilens)
+        out.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_forward_layers():

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from espnet_mamba.nn import mamba as mamba_module
 from espnet_mamba.nn import selective_scan as scan_module
 from espnet_mamba.nn.mamba import Mamba
-from espnet_mamba.nn.selective_scan import cuda_scan_available
+from espnet_mamba.nn.selective_scan import cuda_scan_available, selective_scan_reference
 
 
 def expected_layout(d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", bias=False,
@@ -183,3 +184,55 @@ def test_module_torch_and_cuda_backends_agree(dtype):
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     err = (y_torch.float() - y_cuda.float()).abs().max() / y_cuda.float().abs().max()
     assert err <= tol
+
+
+def test_channel_matmul_matches_einsum_for_any_layout():
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    contiguous = torch.randn(3, 5, 7, dtype=torch.float64, generator=gen)
+    channel_major = contiguous.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    for x in (contiguous, channel_major, contiguous[..., :4]):
+        x = x.detach().requires_grad_()
+        y = mamba_module._channel_matmul(weight, x)
+        ref = torch.einsum("oi,bil->bol", weight, x)
+        assert y.is_contiguous() and torch.allclose(y, ref, rtol=1e-12, atol=1e-12)
+        grads = torch.autograd.grad(y.sin().sum(), (weight, x))
+        ref_grads = torch.autograd.grad(ref.sin().sum(), (weight, x))
+        for got, want in zip(grads, ref_grads):
+            assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _kernel_stand_in(calls):
+    """A stand-in for mamba_ssm's selective_scan_fn that records its inputs' time
+    strides (its wrapper copies any tensor whose time stride is not 1) and whether
+    B, C and z are views (i.e. nobody copied them on the way)."""
+
+    def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        tensors = dict(u=u, delta=delta, B=B, C=C, z=z)
+        calls.append({name: t.stride(-1) for name, t in tensors.items()})
+        calls.append({name: tensors[name]._is_view() for name in ("B", "C", "z")})
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+    return scan
+
+
+def test_cuda_path_passes_tensors_without_copies(monkeypatch):
+    """The CUDA path (simulated on CPU) hands the kernel unit-stride views, made
+    without copies, and gives what the torch backend gives."""
+    torch.manual_seed(0)
+    layer = Mamba(d_model=16, d_state=4, backend="torch")
+    x = torch.randn(2, 30, 16)
+    y_torch = layer(x)
+    grads_torch = torch.autograd.grad(y_torch.square().sum(), list(layer.parameters()))
+
+    calls = []
+    monkeypatch.setattr(scan_module, "_cuda_selective_scan_fn", _kernel_stand_in(calls))
+    monkeypatch.setattr(scan_module, "resolve_backend", lambda backend, device: "cuda")
+    monkeypatch.setattr(mamba_module, "resolve_backend", lambda backend, device: "cuda")
+    monkeypatch.setattr(mamba_module, "causal_conv1d_fn", None)
+    y_cuda = layer(x)
+    grads_cuda = torch.autograd.grad(y_cuda.square().sum(), list(layer.parameters()))
+    assert calls == [dict(u=1, delta=1, B=1, C=1, z=1), dict(B=True, C=True, z=True)]
+    assert torch.allclose(y_cuda, y_torch, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads_cuda, grads_torch):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -5,16 +5,28 @@ reads it backward. The backward block sees each sequence reversed *within its ow
 length*, so padding frames stay at the end, after every valid frame, and the causal
 blocks never mix them into valid frames. A padded batch therefore gives each
 sequence the output it gets alone.
+
+:class:`Padding` holds the tensors that describe the padding of a batch (lengths,
+padding mask, reversal index). An encoder builds it once per forward pass and hands
+it to every layer, so that no layer recomputes them or reads lengths on the host.
 """
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from espnet_mamba.nn.mamba import Mamba
 
-__all__ = ["BiMamba", "lengths_from_mask", "reverse_padded"]
+__all__ = ["BiMamba", "Padding", "lengths_from_mask", "reverse_padded"]
+
+
+def _reverse_index(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """Time index ``(B, L)`` of the in-length reversal: ``lengths[b] - 1 - t`` where
+    ``t < lengths[b]``, else ``t``."""
+    t = torch.arange(length, device=lengths.device)
+    lengths = lengths.unsqueeze(1)
+    return torch.where(t < lengths, lengths - 1 - t, t)
 
 
 def reverse_padded(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -39,15 +51,16 @@ def reverse_padded(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> t
     batch, length = x.shape[:2]
     if lengths.shape != (batch,):
         raise ValueError(f"lengths must be ({batch},), got shape {tuple(lengths.shape)}")
-    lengths = lengths.to(device=x.device, dtype=torch.long)
-    t = torch.arange(length, device=x.device)[None, :]  # (1, L)
-    index = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # (B, L)
+    index = _reverse_index(lengths.to(device=x.device, dtype=torch.long), length)
     index = index.reshape(batch, length, *([1] * (x.dim() - 2))).expand_as(x)
     return x.gather(1, index)
 
 
 def lengths_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Valid lengths ``(B,)`` of a prefix mask ``(B, T)`` or ``(B, 1, T)`` (True = valid).
+
+    This reads the mask's values (on a GPU, a host-device synchronisation): call it
+    once per batch, not once per layer.
 
     Raises:
         ValueError: The mask has another shape or is not a prefix mask (valid frames
@@ -65,11 +78,87 @@ def lengths_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
+class Padding:
+    """Padding of a batch of sequences, built once and shared by every layer.
+
+    Only device operations are used: building it never reads a length on the host.
+    Lengths outside ``[0, T]`` are not rejected here (that would need their values);
+    they are clamped into range so that no index leaves the tensor. Callers validate
+    the lengths once, where they enter the model.
+
+    Args:
+        lengths: Valid lengths ``(B,)`` (integer tensor).
+        max_len: Number of frames T of the padded batch.
+
+    Attributes:
+        lengths: ``(B,)`` long, on the device of the input ``lengths``.
+        pad: ``(B, T, 1)`` bool, True at padding frames (``t >= lengths[b]``); a
+            ``masked_fill`` mask for ``(B, T, D)`` tensors.
+        reverse_index: ``(B, T, 1)`` long, the time index of :func:`reverse_padded`.
+
+    :meth:`valid` gives the mask as a float multiplier: one ``mul`` (forward and
+    backward) instead of ``masked_fill``'s copy and fill. Use it only on values that
+    are finite (``0 * inf`` is nan); ``masked_fill`` with :attr:`pad` zeroes
+    anything.
+
+    Example:
+        >>> padding = Padding(torch.tensor([3, 1]), 4)
+        >>> padding.reverse(torch.arange(8.0).view(2, 4, 1))[..., 0]
+        tensor([[2., 1., 0., 3.],
+                [4., 5., 6., 7.]])
+    """
+
+    def __init__(self, lengths: torch.Tensor, max_len: int):
+        if lengths.dim() != 1:
+            raise ValueError(f"lengths must be (B,), got shape {tuple(lengths.shape)}")
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be an integer tensor, got {lengths.dtype}")
+        self.max_len = int(max_len)
+        self.lengths = lengths.long().clamp(0, self.max_len)
+        t = torch.arange(self.max_len, device=lengths.device)
+        column = self.lengths.unsqueeze(1)
+        pad = t >= column  # (B, T)
+        self.pad = pad.unsqueeze(2)
+        self.reverse_index = torch.where(pad, t, (column - 1) - t).unsqueeze(2)
+        self._expanded: Dict[int, torch.Tensor] = {}
+        self._valid: Dict[torch.dtype, torch.Tensor] = {}
+
+    def valid(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(B, T, 1)`` multiplier in ``dtype``: 1 at valid frames, 0 at padding
+        (built once per dtype)."""
+        multiplier = self._valid.get(dtype)
+        if multiplier is None:
+            multiplier = (~self.pad).to(dtype)
+            self._valid[dtype] = multiplier
+        return multiplier
+
+    def check(self, x: torch.Tensor) -> None:
+        """Raises ValueError unless ``x`` is a ``(B, T, ...)`` batch of this padding."""
+        batch = self.lengths.shape[0]
+        if x.dim() < 2 or x.shape[:2] != (batch, self.max_len):
+            raise ValueError(
+                f"padding describes a ({batch}, {self.max_len}) batch, "
+                f"got an input of shape {tuple(x.shape)}"
+            )
+
+    def reverse(self, x: torch.Tensor) -> torch.Tensor:
+        """:func:`reverse_padded` of ``x`` ``(B, T, D)`` with the stored index.
+
+        One gather; the index expanded to D features is cached, so every layer and
+        both directions reuse it.
+        """
+        size = x.shape[-1]
+        index = self._expanded.get(size)
+        if index is None:
+            index = self.reverse_index.expand(-1, -1, size)
+            self._expanded[size] = index
+        return x.gather(1, index)
+
+
 class BiMamba(nn.Module):
     """Bidirectional Mamba: ``out_proj(cat(fwd(x), rev(bwd(rev(x)))))``.
 
     ``rev`` reverses each sequence within its length (:func:`reverse_padded`).
-    Outputs at padding frames are set to zero.
 
     Args:
         d_model: Input and output feature size.
@@ -109,28 +198,43 @@ class BiMamba(nn.Module):
         x: torch.Tensor,
         lengths: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
+        padding: Optional[Padding] = None,
     ) -> torch.Tensor:
         """Applies both directions.
 
         Args:
             x: ``(B, L, d_model)``.
-            lengths: Valid lengths ``(B,)``; or give ``mask`` instead.
+            lengths: Valid lengths ``(B,)``; or give ``mask`` or ``padding`` instead.
             mask: Prefix mask ``(B, L)`` or ``(B, 1, L)``, True = valid.
-                Neither: all frames are valid.
+            padding: A :class:`Padding` of the batch, built once by the caller
+                (the ConBiMamba layer passes it). Neither of the three: all frames
+                are valid.
 
         Returns:
-            ``(B, L, d_model)``, zero at padding frames.
+            ``(B, L, d_model)``. With ``lengths`` or ``mask``, zero at padding
+            frames. With ``padding`` the padding frames are left as computed
+            (finite values that never reach a valid frame): a caller that shares
+            one :class:`Padding` among many layers masks once, where it needs to.
         """
-        if lengths is not None and mask is not None:
-            raise ValueError("give lengths or mask, not both")
+        if sum(arg is not None for arg in (lengths, mask, padding)) > 1:
+            raise ValueError("give lengths, mask or padding, not both")
+        zero_padding = padding is None and (lengths is not None or mask is not None)
         if mask is not None:
             lengths = lengths_from_mask(mask)
-        forward_out = self.mamba_fwd(x)
-        backward_out = reverse_padded(self.mamba_bwd(reverse_padded(x, lengths)), lengths)
-        out = self.out_proj(torch.cat((forward_out, backward_out), dim=-1))
         if lengths is not None:
-            valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(
-                x.device
-            )[:, None]
-            out = out.masked_fill(~valid[..., None], 0.0)
+            if lengths.shape != (x.shape[0],):
+                raise ValueError(
+                    f"lengths must be ({x.shape[0]},), got shape {tuple(lengths.shape)}"
+                )
+            padding = Padding(lengths.to(x.device), x.shape[1])
+        elif padding is not None:
+            padding.check(x)
+        forward_out = self.mamba_fwd(x)
+        if padding is None:
+            backward_out = self.mamba_bwd(x.flip(1)).flip(1)
+        else:
+            backward_out = padding.reverse(self.mamba_bwd(padding.reverse(x)))
+        out = self.out_proj(torch.cat((forward_out, backward_out), dim=-1))
+        if zero_padding:
+            out = out.masked_fill(padding.pad, 0.0)
         return out

@@ -25,8 +25,17 @@ __all__ = ["Mamba"]
 
 
 def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    """Upcasts half-precision tensors to float32; float32 and float64 pass."""
-    return t if t.dtype == torch.float64 else t.float()
+    """Upcasts half-precision tensors to float32; float32 and float64 pass as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _channel_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``weight @ x[b]`` for every batch item: ``(O, I)``, ``(B, I, L)`` -> ``(B, O, L)``.
+
+    One batched matmul that reads ``x`` in place (any layout with a unit stride) and
+    writes a contiguous result, so that slices along O keep a unit time stride.
+    """
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -176,33 +185,41 @@ class Mamba(nn.Module):
             raise ValueError(
                 f"Mamba expects input (B, L, {self.d_model}), got {tuple(x.shape)}"
             )
-        length = x.shape[1]
+        batch, length, _ = x.shape
         backend = resolve_backend(self.backend, x.device)
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2 * d_inner, L)
+        # Channel-major layout, as in mamba_ssm: xz is one (2 * d_inner, B * L) matrix
+        # product, seen as (B, 2 * d_inner, L) with unit time stride. z and the scan
+        # output (the kernel allocates it like z) then need no copies, and out_proj
+        # reads the output in place.
+        x_rows = x.reshape(batch * length, self.d_model)
+        if self.in_proj.bias is None:
+            xz = torch.mm(self.in_proj.weight, x_rows.t())
+        else:
+            xz = torch.addmm(self.in_proj.bias.unsqueeze(1), self.in_proj.weight, x_rows.t())
+        xz = xz.view(2 * self.d_inner, batch, length).permute(1, 0, 2)
         x_in, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
 
         if backend == "cuda" and causal_conv1d_fn is not None:
             x_in = causal_conv1d_fn(
-                x_in.contiguous(),
-                self.conv1d.weight.squeeze(1),
-                self.conv1d.bias,
-                activation="silu",
+                x_in, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
             )
         else:
             x_in = F.silu(self.conv1d(x_in)[..., :length])
 
-        x_dbl = self.x_proj(x_in.transpose(1, 2))  # (B, L, dt_rank + 2 * d_state)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L)
+        # dt, B and C as (B, features, L) slices of one batched product: no
+        # transposes, unit time stride as the scan kernel wants.
+        x_dbl = _channel_matmul(self.x_proj.weight, x_in)  # (B, dt_rank + 2 * d_state, L)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt = _channel_matmul(self.dt_proj.weight, dt)  # (B, d_inner, L); bias in the scan
         A = -torch.exp(_at_least_float32(self.A_log))  # (d_inner, d_state)
         y = selective_scan(
-            x_in.contiguous(),
-            dt.contiguous(),
+            x_in,
+            dt,
             A,
-            B.transpose(1, 2).contiguous(),  # (B, d_state, L)
-            C.transpose(1, 2).contiguous(),
+            B,
+            C,
             D=_at_least_float32(self.D),
-            z=z.contiguous(),
+            z=z,
             delta_bias=_at_least_float32(self.dt_proj.bias),
             delta_softplus=True,
             backend=backend,
