@@ -21,6 +21,8 @@ CHOICES = (
     ("espnet2.tasks.asr", "encoder_choices", "conbimamba", "espnet_mamba.encoder:ConBiMambaEncoder"),
     ("espnet2.tasks.ssl", "encoder_choices", "conbimamba", "espnet_mamba.encoder:ConBiMambaEncoder"),
     ("espnet2.tasks.hubert", "encoder_choices", "conbimamba", "espnet_mamba.encoder:ConBiMambaEncoder"),
+    # a pretrained (Mamba-)HuBERT for CTC fine-tuning (raw waveform in, input_size: 1)
+    ("espnet2.tasks.asr", "encoder_choices", "hubert_finetune", "espnet_mamba.ssl.finetune:SSLFinetuneEncoder"),
 )
 
 
@@ -29,8 +31,25 @@ def _load(target: str):
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def register_s3prl_upstreams() -> None:
+    """Make mamba-mi's S3PRL upstreams (``mamba_hubert_local`` ...) known to S3PRL.
+
+    ESPnet's ``frontend: s3prl`` looks upstream names up in ``s3prl.hub``; importing
+    :mod:`s3prl_upstream` adds ours there. Skipped when S3PRL is not installed.
+    """
+    try:
+        import s3prl.hub  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name is not None and e.name.split(".")[0] == "s3prl":
+            return
+        raise
+    import s3prl_upstream
+
+    s3prl_upstream.register()
+
+
 def register() -> None:
-    """Add every entry of :data:`CHOICES` to its ESPnet ``ClassChoices``."""
+    """Add every entry of :data:`CHOICES` to its ESPnet ``ClassChoices``, and our S3PRL upstreams."""
     for task_module, attribute, name, target in CHOICES:
         choices = getattr(importlib.import_module(task_module), attribute)
         cls = _load(target)
@@ -40,6 +59,7 @@ def register() -> None:
                 f"{task_module}.{attribute} already has a different '{name}': {registered}"
             )
         choices.classes[name] = cls
+    register_s3prl_upstreams()
 
 
 register()

@@ -1,0 +1,324 @@
+"""Load mamba-mi HuBERT checkpoints and extract every layer's hidden states.
+
+A checkpoint is what ``python -m espnet_mamba.bin.ssl_train`` leaves in its output
+directory: a model file (``latest.pth``, ``valid.loss.best.pth``, ``NNepoch.pth``;
+not the resumable ``checkpoint.pth``) and ``config.yaml`` beside it. The model is an
+``espnet2.ssl.espnet_model.ESPnetSSLModel``: wav2vec CNN frontend (stride 320),
+optional normalize, a linear preencoder and a ``conbimamba`` (Mamba-HuBERT) or
+``transformer`` (HuBERT) encoder.
+
+Unlike ``AbsTask.build_model_from_file`` (which loads with ``strict=False``), loading
+here is strict, so a checkpoint of another model fails with an error that names the
+file instead of silently giving a randomly initialised network.
+
+Hidden states follow S3PRL's convention: ``hidden_states[0]`` is the input of the
+first encoder layer and ``hidden_states[i]`` the output of layer ``i``; the last one
+is the encoder's final output (after its final layer norm, if it has one).
+
+Example:
+    >>> model, config = load_ssl_model("exp/ssl_mamba_hubert_it1/latest.pth")
+    >>> wav = torch.randn(1, 16000)
+    >>> hs, lens = ssl_hidden_states(model, wav, torch.tensor([16000]))
+    >>> len(hs) == num_encoder_layers(model) + 1
+    True
+"""
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+import yaml
+
+__all__ = [
+    "NotOurCheckpointError",
+    "SUPPORTED_ENCODERS",
+    "check_ssl_config",
+    "downsample_rate",
+    "encoder_layer_outputs",
+    "frontend_per_utterance",
+    "load_ssl_config",
+    "load_ssl_model",
+    "num_encoder_layers",
+    "ssl_features",
+    "ssl_hidden_states",
+]
+
+# Encoders whose per-layer hidden states we know how to read.
+SUPPORTED_ENCODERS = ("conbimamba", "transformer")
+_SUPPORTED_FRONTENDS = ("wav2vec_cnn",)
+# ESPnet's CNNFrontend default: HuBERT-base's 7 conv layers, (channels, kernel, stride).
+_DEFAULT_CNN_SHAPES = ((512, 10, 5), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 2, 2), (512, 2, 2))
+
+
+class NotOurCheckpointError(ValueError):
+    """A file is not a mamba-mi HuBERT checkpoint (or its config)."""
+
+
+def load_ssl_config(model_file: Union[str, Path], config_file: Optional[Union[str, Path]] = None) -> Tuple[dict, Path]:
+    """Read and check the training config of an SSL checkpoint.
+
+    Args:
+        model_file: The model file (used to find ``config.yaml`` beside it).
+        config_file: The config; default ``<dir of model_file>/config.yaml``.
+
+    Returns:
+        The config as a dict and its path.
+
+    Raises:
+        FileNotFoundError: The config does not exist.
+        NotOurCheckpointError: The config is not an ESPnet SSL-task HuBERT config
+            with a supported encoder.
+    """
+    config_path = Path(config_file) if config_file is not None else Path(model_file).parent / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path}: no such config file (the SSL training config.yaml is expected beside "
+            f"the model file {model_file}; pass the config explicitly otherwise)"
+        )
+    try:
+        with config_path.open(encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise NotOurCheckpointError(f"{config_path}: not a YAML file: {e}") from e
+    check_ssl_config(config, source=config_path)
+    return config, config_path
+
+
+def check_ssl_config(config, source: Union[str, Path] = "config") -> None:
+    """Raise :class:`NotOurCheckpointError` unless ``config`` is one of our SSL configs.
+
+    Args:
+        config: The loaded YAML (a dict expected).
+        source: Where it came from, for the error message.
+    """
+    if not isinstance(config, dict):
+        raise NotOurCheckpointError(f"{source}: not an ESPnet training config (a YAML mapping expected)")
+    missing = [k for k in ("encoder", "encoder_conf", "frontend", "loss", "token_list") if k not in config]
+    if missing:
+        raise NotOurCheckpointError(
+            f"{source}: not an ESPnet SSL-task (HuBERT) config: missing {', '.join(missing)}"
+        )
+    losses = config["loss"]
+    if not isinstance(losses, list) or not any(isinstance(x, dict) and x.get("name") == "hubert" for x in losses):
+        raise NotOurCheckpointError(f"{source}: not a HuBERT config: 'loss' has no entry named 'hubert'")
+    if config["encoder"] not in SUPPORTED_ENCODERS:
+        raise NotOurCheckpointError(
+            f"{source}: encoder '{config['encoder']}' is not supported (supported: {', '.join(SUPPORTED_ENCODERS)})"
+        )
+    if config["frontend"] not in _SUPPORTED_FRONTENDS or config.get("input_size") is not None:
+        raise NotOurCheckpointError(
+            f"{source}: frontend '{config['frontend']}' is not supported: a raw-waveform "
+            f"{' or '.join(_SUPPORTED_FRONTENDS)} frontend is expected"
+        )
+
+
+def downsample_rate(config: dict) -> int:
+    """Samples per output frame of the CNN frontend described by ``config`` (320 for HuBERT)."""
+    shapes = (config.get("frontend_conf") or {}).get("shapes", _DEFAULT_CNN_SHAPES)
+    rate = 1
+    for _, _, stride in shapes:
+        rate *= int(stride)
+    return rate
+
+
+def _read_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
+    if not model_file.is_file():
+        raise FileNotFoundError(f"{model_file}: no such model file")
+    try:
+        # weights_only: a model file holds tensors only; anything else is not ours
+        # (ESPnet's resumable checkpoint.pth, which also pickles the trainer state,
+        # is refused too: use latest.pth, valid.*.pth or NNepoch.pth).
+        state = torch.load(model_file, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, zip errors, non-tensor payloads ...
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NotOurCheckpointError(
+            f"{model_file}: not a model state dict (a file of tensors written by ESPnet's trainer, "
+            f"e.g. latest.pth or valid.loss.best.pth, is expected): {first_line}"
+        ) from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NotOurCheckpointError(f"{model_file}: not a model state dict (a mapping of names to tensors expected)")
+    return state
+
+
+def load_ssl_model(
+    model_file: Union[str, Path],
+    config_file: Optional[Union[str, Path]] = None,
+    device: Union[str, torch.device] = "cpu",
+    expected_encoder: Optional[str] = None,
+) -> Tuple[torch.nn.Module, dict]:
+    """Build an ESPnet SSL model from its config and load its weights strictly.
+
+    Args:
+        model_file: Model state dict written by ESPnet's trainer.
+        config_file: Training config; default ``config.yaml`` beside ``model_file``.
+        device: Where to put the model.
+        expected_encoder: If given (``"conbimamba"`` or ``"transformer"``), the
+            checkpoint's encoder must be this one.
+
+    Returns:
+        The model in eval mode and its config dict.
+
+    Raises:
+        FileNotFoundError: A file is missing.
+        NotOurCheckpointError: The config or the weights are not those of a mamba-mi
+            HuBERT model (or not of ``expected_encoder``).
+    """
+    model_file = Path(model_file)
+    config, config_path = load_ssl_config(model_file, config_file)
+    if expected_encoder is not None and config["encoder"] != expected_encoder:
+        raise NotOurCheckpointError(
+            f"{config_path}: the checkpoint has encoder '{config['encoder']}', not '{expected_encoder}'"
+        )
+    state = _read_state_dict(model_file)
+
+    import espnet_mamba.tasks  # noqa: F401  (registers conbimamba into the SSL task)
+    from espnet2.tasks.ssl import SSLTask
+
+    model = SSLTask.build_model(argparse.Namespace(**copy.deepcopy(config)))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise NotOurCheckpointError(
+            f"{model_file}: weights do not match the model of {config_path}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    wrong = [k for k in expected if expected[k].shape != state[k].shape]
+    if wrong:
+        raise NotOurCheckpointError(
+            f"{model_file}: tensor shapes differ from the model of {config_path}, e.g. {wrong[0]}: "
+            f"{tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)}"
+        )
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return model, config
+
+
+def num_encoder_layers(model: torch.nn.Module) -> int:
+    """Number of blocks of the model's encoder (``len(hidden_states) - 1``)."""
+    encoder = model.encoder if hasattr(model, "encoder") else model
+    for name in ("encoders", "layers", "blocks"):
+        blocks = getattr(encoder, name, None)
+        if blocks is not None:
+            return len(blocks)
+    raise ValueError(f"cannot count the layers of {type(encoder).__name__}")
+
+
+def frontend_per_utterance(
+    frontend: torch.nn.Module, speech: torch.Tensor, speech_lengths: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run a waveform frontend on each utterance alone and pad the results.
+
+    HuBERT-base's CNN normalises its first layer over time (GroupNorm), so a padded
+    batch would change the features of its shorter utterances; one utterance at a
+    time keeps them exactly as when the utterance is processed alone.
+
+    Args:
+        frontend: e.g. ESPnet's ``CNNFrontend``.
+        speech: Waveforms (B, N).
+        speech_lengths: Valid samples (B,).
+
+    Returns:
+        Features (B, T, C) zero-padded, and their lengths (B,).
+    """
+    feats, lens = [], []
+    for wav, n in zip(speech, speech_lengths):
+        n = int(n)
+        f, f_len = frontend(wav[None, :n], torch.tensor([n], device=speech.device))
+        feats.append(f[0, : int(f_len[0])])
+        lens.append(int(f_len[0]))
+    out = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    return out, torch.tensor(lens, dtype=torch.long, device=speech.device)
+
+
+def ssl_features(
+    model: torch.nn.Module, speech: torch.Tensor, speech_lengths: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Input of the encoder: CNN frontend, normalize and preencoder, pads zeroed.
+
+    Args:
+        model: An ``ESPnetSSLModel`` (or anything with ``frontend``, ``normalize``
+            and ``preencoder`` attributes).
+        speech: Waveforms (B, N).
+        speech_lengths: Valid samples (B,).
+
+    Returns:
+        Features (B, T, D) and lengths (B,).
+    """
+    feats, lens = frontend_per_utterance(model.frontend, speech, speech_lengths)
+    if getattr(model, "normalize", None) is not None:
+        feats, lens = model.normalize(feats, lens)
+    if getattr(model, "preencoder", None) is not None:
+        feats, lens = model.preencoder(feats, lens)
+    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+
+    pad = make_pad_mask(lens, maxlen=feats.size(1)).to(feats.device)
+    return feats.masked_fill(pad.unsqueeze(-1), 0.0), lens
+
+
+def encoder_layer_outputs(
+    encoder: torch.nn.Module, xs_pad: torch.Tensor, ilens: torch.Tensor
+) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Input of the first block and the output of every block of an ESPnet encoder.
+
+    ConBiMamba encoders provide ``forward_layers``; ESPnet's ``TransformerEncoder``
+    is walked block by block (its ``forward`` only returns block outputs).
+
+    Args:
+        encoder: ``ConBiMambaEncoder`` (anything with ``forward_layers``) or
+            ``TransformerEncoder`` without a subsampling input layer.
+        xs_pad: Encoder input (B, T, D_in).
+        ilens: Lengths (B,).
+
+    Returns:
+        ``[X, T_1, ..., T_N]``, each (B, T, D), where the last one is the encoder's
+        final output; and the lengths (B,).
+    """
+    if hasattr(encoder, "forward_layers"):
+        hs, olens = encoder.forward_layers(xs_pad, ilens)
+        return list(hs), olens
+
+    from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+
+    if not isinstance(encoder, TransformerEncoder):
+        raise ValueError(
+            f"cannot read per-layer hidden states of {type(encoder).__name__}: "
+            f"supported encoders are {', '.join(SUPPORTED_ENCODERS)}"
+        )
+    embed = encoder.embed
+    if embed is not None and not isinstance(embed, (torch.nn.Sequential, torch.nn.Linear)):
+        raise ValueError(f"TransformerEncoder with a subsampling input layer ({type(embed).__name__}) is not supported")
+    masks = (~make_pad_mask(ilens, maxlen=xs_pad.size(1)))[:, None, :].to(xs_pad.device)
+    x = xs_pad if embed is None else embed(xs_pad)
+    hs = [x]
+    for block in encoder.encoders:
+        x, masks = block(x, masks)
+        hs.append(x)
+    if encoder.normalize_before:
+        hs[-1] = encoder.after_norm(x)
+    return hs, masks.squeeze(1).sum(1)
+
+
+def ssl_hidden_states(
+    model: torch.nn.Module, speech: torch.Tensor, speech_lengths: torch.Tensor
+) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Every layer's hidden states of a pretrained SSL model (no masking).
+
+    Args:
+        model: An ``ESPnetSSLModel`` from :func:`load_ssl_model`.
+        speech: Waveforms (B, N).
+        speech_lengths: Valid samples (B,).
+
+    Returns:
+        ``[X, T_1, ..., T_N]``, each (B, T, D) with zeros after each length, and the
+        frame lengths (B,).
+    """
+    feats, lens = ssl_features(model, speech, speech_lengths)
+    hs, olens = encoder_layer_outputs(model.encoder, feats, lens)
+    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+
+    pad = make_pad_mask(olens, maxlen=hs[0].size(1)).to(hs[0].device).unsqueeze(-1)
+    return [h.masked_fill(pad, 0.0) for h in hs], olens

@@ -1,0 +1,63 @@
+"""S3PRL entry points (hub functions) for mamba-mi HuBERT checkpoints.
+
+Each function takes the checkpoint path as ``ckpt`` (S3PRL's ``path_or_url``) and,
+from S3PRL's ``extra_conf``, the optional ``config`` path and ``always_eval``; the
+names end in ``_local`` as S3PRL's names for local checkpoints do.
+
+- ``mamba_hubert_local``: Mamba-HuBERT (ConBiMamba encoder) only.
+- ``transformer_hubert_local``: the Transformer HuBERT baseline only.
+- ``mamba_mi_hubert_local``: either, as the checkpoint's config says.
+"""
+
+from typing import Optional
+
+__all__ = ["mamba_hubert_local", "mamba_mi_hubert_local", "transformer_hubert_local"]
+
+
+def _expert(ckpt: Optional[str], config: Optional[str], encoder: Optional[str], name: str, always_eval: bool):
+    if not ckpt:
+        raise ValueError(f"S3PRL upstream '{name}' needs a checkpoint: pass path_or_url=<model file>")
+    if str(ckpt).startswith(("http://", "https://")):
+        raise ValueError(f"S3PRL upstream '{name}' reads local files only, got the URL {ckpt}")
+    from s3prl_upstream.expert import UpstreamExpert
+
+    return UpstreamExpert(ckpt, config=config, encoder=encoder, always_eval=always_eval)
+
+
+def mamba_hubert_local(ckpt: str = None, config: str = None, always_eval: bool = True, refresh: bool = False):
+    """Mamba-HuBERT from a local ESPnet SSL checkpoint (encoder ``conbimamba``).
+
+    Args:
+        ckpt: Model file; ``config.yaml`` is read from the same directory.
+        config: Training config, if it is elsewhere.
+        always_eval: Keep the model in eval mode (a frozen upstream); see
+            :class:`s3prl_upstream.expert.UpstreamExpert`.
+        refresh: Ignored (nothing is downloaded).
+    """
+    return _expert(ckpt, config, "conbimamba", "mamba_hubert_local", always_eval)
+
+
+def transformer_hubert_local(ckpt: str = None, config: str = None, always_eval: bool = True, refresh: bool = False):
+    """Transformer HuBERT from a local ESPnet SSL checkpoint (encoder ``transformer``).
+
+    Args:
+        ckpt: Model file; ``config.yaml`` is read from the same directory.
+        config: Training config, if it is elsewhere.
+        always_eval: Keep the model in eval mode (a frozen upstream); see
+            :class:`s3prl_upstream.expert.UpstreamExpert`.
+        refresh: Ignored (nothing is downloaded).
+    """
+    return _expert(ckpt, config, "transformer", "transformer_hubert_local", always_eval)
+
+
+def mamba_mi_hubert_local(ckpt: str = None, config: str = None, always_eval: bool = True, refresh: bool = False):
+    """Mamba-HuBERT or Transformer HuBERT, whichever the checkpoint's config names.
+
+    Args:
+        ckpt: Model file; ``config.yaml`` is read from the same directory.
+        config: Training config, if it is elsewhere.
+        always_eval: Keep the model in eval mode (a frozen upstream); see
+            :class:`s3prl_upstream.expert.UpstreamExpert`.
+        refresh: Ignored (nothing is downloaded).
+    """
+    return _expert(ckpt, config, None, "mamba_mi_hubert_local", always_eval)
