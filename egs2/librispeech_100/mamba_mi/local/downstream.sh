@@ -1,0 +1,402 @@
+#!/usr/bin/env bash
+# Stage 12 of the recipe: ASR with the pretrained models of stage 11 (Table II).
+#
+#   step 1  CTC fine-tuning of each iteration-2 model         exp/ft_<model>_it2_L<L>[_char]
+#   step 2  decoding of the fine-tuned models: CTC beam search without an LM and with
+#           the 4-gram of stage 6                             .../decode_ctc_*, decode_ctc_ngram_*
+#   step 3  frozen upstream (S3PRL, weighted sum of all layers) + 12-layer Conformer
+#           with CTC/attention                                exp/s3prl_conformer_<model>_it2_L<L>[_char]
+#   step 4  decoding of the Conformer models (no LM)          .../decode_conformer_*
+#   step 5  scoring (utils/score_wer.py) and the Table II section of RESULTS.md
+#
+# Models: Mamba-HuBERT for each layer of --hubert_label_layer and the Transformer
+# HuBERT for --baseline_label_layer (exp/ssl_<model>_it2_L<L>/<ssl_model>). Reads
+# dump/raw/<set> (stages 3-4), the BPE token list (stage 5) and exp/ngram (stage 6);
+# with --token_type char the targets are characters (then give a character n-gram).
+# Experiment names do not start with asr_, so stage 10's Table I leaves them out.
+# Each step skips work that is complete for the same inputs and options.
+#
+# Example (mini corpus, as stage 12 runs it):
+#   local/downstream.sh --conf_dir conf/downstream/mini --nbpe 150 --valid_utts 40
+set -Eeuo pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+min() {
+    local a=$1 b=$2
+    if [ "${a}" -lt "${b}" ]; then echo "${a}"; else echo "${b}"; fi
+}
+SECONDS=0
+
+## General
+stage=1                 # first step (1 fine-tune, 2 decode, 3 Conformer, 4 decode, 5 score)
+stop_stage=5            # last step
+ngpu=0                  # GPUs for training (0: CPU)
+train_threads=1         # CPU threads of a training process (OMP_NUM_THREADS; more threads than free cores slow it down a lot)
+inference_nj=2          # parallel decoding jobs
+inference_ngpu=0        # GPUs of each decoding job (0: CPU)
+python=python3          # python of the virtual environment (path.sh puts it first)
+dumpdir=dump            # dumped audio (dump/raw/<set>)
+expdir=exp              # experiments
+## Data and tokens
+train_set=train_clean_100 # training set (dumped by stages 3-4)
+valid_set=dev           # validation set
+valid_utts=0            # validate on this many validation utterances, evenly spaced (0: all)
+test_sets="test_clean test_other" # evaluation sets (Table II: test-clean, test-other)
+test_utts=0             # decode this many utterances of each evaluation set, evenly spaced (0: all)
+token_type=bpe          # targets: bpe (the token list of stage 5) or char (made here from the training text)
+nbpe=5000               # sentencepiece vocabulary size of stage 5
+bpemode=unigram         # sentencepiece model type of stage 5
+use_ngram=true          # also decode the fine-tuned models with the n-gram LM
+ngram_file=""           # n-gram over the targets (empty: exp/ngram/<ngram_num>gram.bin of stage 6, BPE only)
+ngram_num=4             # its order (for the default path)
+ngram_weight=""         # n-gram weight (empty: the decoding config's)
+## Pretrained models (stage 11)
+models="mamba_hubert hubert" # mamba_hubert (ConBiMamba) and/or hubert (Transformer baseline)
+hubert_label_layer="6 9" # Mamba-HuBERT models: iteration-2 target layer(s)
+baseline_label_layer=6  # Transformer HuBERT model: its iteration-2 target layer
+ssl_model=latest.pth    # checkpoint of each pretrained model
+## Downstream
+conf_dir=conf/downstream # configs finetune_ctc.yaml, decode_ctc.yaml, conformer_s3prl.yaml, decode_conformer.yaml
+ft_beam_size=""         # beam of the fine-tuned models' decoding (empty: decode_ctc.yaml's; paper 500)
+inference_ft_model=valid.loss.ave.pth # checkpoint of a fine-tuned model to decode
+inference_conformer_model=valid.acc.ave.pth # checkpoint of a Conformer model to decode
+finetune_args=""        # extra options of asr_train for fine-tuning
+conformer_args=""       # extra options of asr_train for the Conformer models
+inference_args=""       # extra options of asr_inference
+asr_train_module=espnet_mamba.bin.asr_train # python -m module for training
+asr_inference_module=espnet_mamba.bin.asr_inference # python -m module for decoding
+results=RESULTS.md      # step 5 writes its Table II section here
+
+help_message="Usage: $0 [options]   (run from the recipe directory; stage 12 of mamba_mi.sh)"
+
+log "$0 $*"
+. utils/parse_options.sh
+
+if [ $# -ne 0 ]; then
+    log "Error: unexpected arguments: $*"
+    exit 1
+fi
+
+. ./path.sh
+. ./cmd.sh
+
+is_done() {
+    [ -f "$1/.done" ] && [ "$(cat "$1/.done")" = "$2" ]
+}
+mark_done() {
+    printf '%s\n' "$2" >"$1/.done.tmp"
+    mv "$1/.done.tmp" "$1/.done"
+}
+sig_of() {
+    cat "$@" | md5sum | cut -c1-16
+}
+layers_of() {
+    if [ "$1" = mamba_hubert ]; then echo "${hubert_label_layer}"; else echo "${baseline_label_layer}"; fi
+}
+upstream_of() {
+    if [ "$1" = mamba_hubert ]; then echo mamba_hubert_local; else echo transformer_hubert_local; fi
+}
+model_tag() {
+    # valid.loss.ave.pth -> valid.loss.ave
+    echo "$1" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g"
+}
+
+# ---------------------------------------------------------------------------
+# Checks and derived settings
+for name in train_threads inference_nj ngram_num; do
+    if [[ ! ${!name} =~ ^[1-9][0-9]*$ ]]; then
+        log "Error: --${name} must be a positive integer, got '${!name}'"
+        exit 1
+    fi
+done
+for name in valid_utts test_utts ngpu inference_ngpu; do
+    if [[ ! ${!name} =~ ^[0-9]+$ ]]; then
+        log "Error: --${name} must be a non-negative integer, got '${!name}'"
+        exit 1
+    fi
+done
+if [ -n "${ft_beam_size}" ] && [[ ! ${ft_beam_size} =~ ^[1-9][0-9]*$ ]]; then
+    log "Error: --ft_beam_size must be a positive integer, got '${ft_beam_size}'"
+    exit 1
+fi
+for model in ${models}; do
+    case "${model}" in
+        mamba_hubert | hubert) ;;
+        *) log "Error: --models: unknown model '${model}' (mamba_hubert or hubert)"; exit 1 ;;
+    esac
+done
+for f in finetune_ctc decode_ctc conformer_s3prl decode_conformer; do
+    if [ ! -f "${conf_dir}/${f}.yaml" ]; then
+        log "Error: ${conf_dir}/${f}.yaml: no such config (--conf_dir)"
+        exit 1
+    fi
+done
+data_feats=${dumpdir}/raw
+case "${token_type}" in
+    bpe)
+        token_dir=data/token_list/bpe_${bpemode}${nbpe}
+        token_list=${token_dir}/tokens.txt
+        token_opts=(--token_type bpe --bpemodel "${token_dir}/bpe.model")
+        exp_suffix=""
+        ngram_file=${ngram_file:-${expdir}/ngram/${ngram_num}gram.bin}
+        required=("${token_list}" "${token_dir}/bpe.model")
+        ;;
+    char)
+        token_list=data/token_list/char/tokens.txt
+        token_opts=(--token_type char)
+        exp_suffix=_char
+        if "${use_ngram}" && [ -z "${ngram_file}" ]; then
+            log "Error: --token_type char needs --ngram_file (an n-gram over characters: stage 6's is over BPE) or --use_ngram false"
+            exit 1
+        fi
+        required=()
+        ;;
+    *) log "Error: --token_type must be bpe or char, got '${token_type}'"; exit 1 ;;
+esac
+token_opts+=(--token_list "${token_list}" --non_linguistic_symbols none --cleaner none --g2p none)
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 1 ]; then
+    for f in "${data_feats}/${train_set}/wav.scp" "${data_feats}/${valid_set}/wav.scp" "${required[@]}"; do
+        if [ ! -s "${f}" ]; then
+            log "Error: ${f} is missing: run stages 1-5 of the recipe first (and --nbpe as there)"
+            exit 1
+        fi
+    done
+    if [ "${token_type}" = char ] && [ ! -s "${token_list}" ]; then
+        log "Character token list from ${data_feats}/${train_set}/text -> ${token_list}"
+        mkdir -p "$(dirname "${token_list}")"
+        ${python} -m espnet2.bin.tokenize_text --token_type char --input "${data_feats}/${train_set}/text" \
+            --output "${token_list}.tmp" --field 2- --cleaner none --g2p none --write_vocabulary true \
+            --add_symbol "<blank>:0" --add_symbol "<unk>:1" --add_symbol "<sos/eos>:-1"
+        mv "${token_list}.tmp" "${token_list}"
+    fi
+fi
+dist_opts=()
+[ "${ngpu}" -gt 1 ] && dist_opts=(--multiprocessing_distributed true)
+
+# the pretrained models: "<model> <layer>" per line
+pretrained=()
+for model in ${models}; do
+    for layer in $(layers_of "${model}"); do
+        pretrained+=("${model} ${layer}")
+    done
+done
+
+subset_dir() {
+    # subset_dir SET N: the data dir of SET, or of N of its utterances evenly spaced (N = 0: all)
+    local src=${data_feats}/$1 n=$2 sub total f
+    if [ "${n}" -eq 0 ] || [ "${n}" -ge "$(wc -l <"${src}/wav.scp")" ]; then
+        echo "${src}"
+        return 0
+    fi
+    sub=${expdir}/downstream_data/$1_${n}
+    if [ ! -s "${sub}/utt2num_samples" ] || [ "${src}/wav.scp" -nt "${sub}/utt2num_samples" ]; then
+        mkdir -p "${sub}"
+        total=$(wc -l <"${src}/wav.scp")
+        awk -v n="${n}" -v t="${total}" 'BEGIN { last = -1 } { k = int((NR - 1) * n / t); if (k != last) { print $1; last = k } }' \
+            "${src}/wav.scp" >"${sub}/keys"
+        for f in wav.scp text utt2num_samples; do
+            awk 'NR == FNR { keep[$1] = 1; next } ($1 in keep)' "${sub}/keys" "${src}/${f}" >"${sub}/${f}.tmp"
+            mv "${sub}/${f}.tmp" "${sub}/${f}"
+        done
+    fi
+    echo "${sub}"
+}
+# validation data: all of valid_set, or valid_utts of them evenly spaced
+valid_dir=${data_feats}/${valid_set}
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 1 ]; then
+    valid_dir=$(subset_dir "${valid_set}" "${valid_utts}")
+fi
+
+train_asr() {
+    # train_asr EXP_DIR CONFIG SIGNATURE INFERENCE_MODEL OPTION...
+    local exp=$1 config=$2 sig=$3 inference_model=$4
+    shift 4
+    if is_done "${exp}" "${sig}" && [ -e "${exp}/${inference_model}" ]; then
+        log "${exp}: trained (.done); skipping"
+        return 0
+    fi
+    mkdir -p "${exp}"
+    rm -f "${exp}/.done"
+    if [ -f "${exp}/.started" ] && [ "$(cat "${exp}/.started")" != "${sig}" ]; then
+        log "Error: ${exp} holds a training started with other options or data ($(cat "${exp}/.started")); remove ${exp}"
+        return 1
+    fi
+    printf '%s\n' "${sig}" >"${exp}/.started"
+    log "Training ${exp}; log: ${exp}/train.log"
+    OMP_NUM_THREADS=${train_threads} ${train_cmd} --gpu "${ngpu}" "${exp}/train.log" \
+        ${python} -m "${asr_train_module}" --ngpu "${ngpu}" "${dist_opts[@]}" \
+        --use_preprocessor true "${token_opts[@]}" \
+        --train_data_path_and_name_and_type "${data_feats}/${train_set}/wav.scp,speech,sound" \
+        --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text" \
+        --valid_data_path_and_name_and_type "${valid_dir}/wav.scp,speech,sound" \
+        --valid_data_path_and_name_and_type "${valid_dir}/text,text,text" \
+        --train_shape_file "${data_feats}/${train_set}/utt2num_samples" \
+        --valid_shape_file "${valid_dir}/utt2num_samples" \
+        --resume true --output_dir "${exp}" --config "${config}" "$@" || {
+        log "Error: training failed; see ${exp}/train.log"
+        return 1
+    }
+    if [ ! -e "${exp}/${inference_model}" ]; then
+        log "Error: training finished without ${exp}/${inference_model}"
+        return 1
+    fi
+    mark_done "${exp}" "${sig}"
+}
+
+decode() {
+    # decode EXP_DIR MODEL_FILE CONFIG DECODE_DIR OPTION...: all test sets in one pass
+    local exp=$1 model_file=$2 config=$3 decode_dir=$4
+    shift 4
+    local sig dset pending=() logdir _nj i out
+    sig="model=$(sig_of "${exp}/.done") config=$(sig_of "${config}") opts=$* args=${inference_args}"
+    sig+=" data=$(for dset in ${test_sets}; do cat "$(subset_dir "${dset}" "${test_utts}")/wav.scp"; done | md5sum | cut -c1-16)"
+    for dset in ${test_sets}; do
+        if is_done "${decode_dir}/${dset}" "${sig}"; then
+            log "${decode_dir}/${dset}: complete (.done); skipping"
+        else
+            pending+=("${dset}")
+        fi
+    done
+    [ ${#pending[@]} -eq 0 ] && return 0
+    logdir=${decode_dir}/logdir
+    rm -rf "${logdir}"
+    mkdir -p "${logdir}"
+    for dset in "${pending[@]}"; do cat "$(subset_dir "${dset}" "${test_utts}")/wav.scp"; done | sort >"${logdir}/wav.scp"
+    _nj=$(min "${inference_nj}" "$(wc -l <"${logdir}/wav.scp")")
+    ${python} utils/split_scp.py --num_parts "${_nj}" "${logdir}/wav.scp" "${logdir}/keys.JOB.scp"
+    log "Decoding ${pending[*]} ($(wc -l <"${logdir}/wav.scp") utterances, ${_nj} jobs) -> ${decode_dir}"
+    ${decode_cmd} JOB=1:"${_nj}" "${logdir}/asr_inference.JOB.log" \
+        ${python} -m "${asr_inference_module}" --batch_size 1 --ngpu "${inference_ngpu}" \
+        --data_path_and_name_and_type "${logdir}/wav.scp,speech,sound" \
+        --key_file "${logdir}/keys.JOB.scp" --asr_train_config "${exp}/config.yaml" \
+        --asr_model_file "${model_file}" --output_dir "${logdir}/output.JOB" \
+        --config "${config}" "$@" ${inference_args} || {
+        log "Error: decoding failed; see ${logdir}/asr_inference.*.log"
+        return 1
+    }
+    for i in $(seq "${_nj}"); do cat "${logdir}/output.${i}/1best_recog/text"; done | sort >"${logdir}/text"
+    for dset in "${pending[@]}"; do
+        out=${decode_dir}/${dset}
+        mkdir -p "${out}"
+        awk 'NR == FNR { keep[$1] = 1; next } ($1 in keep)' "$(subset_dir "${dset}" "${test_utts}")/wav.scp" \
+            "${logdir}/text" >"${out}/text.tmp"
+        mv "${out}/text.tmp" "${out}/text"
+        # the references of the decoded utterances, for scoring
+        cp "$(subset_dir "${dset}" "${test_utts}")/text" "${out}/ref"
+        cp "${config}" "${out}/inference_config.yaml"
+        mark_done "${out}" "${sig}"
+    done
+}
+
+ft_exp() { echo "${expdir}/ft_$1_it2_L$2${exp_suffix}"; }
+conformer_exp() { echo "${expdir}/s3prl_conformer_$1_it2_L$2${exp_suffix}"; }
+ssl_exp() { echo "${expdir}/ssl_$1_it2_L$2"; }
+check_pretrained() {
+    local exp
+    exp=$(ssl_exp "$1" "$2")
+    if [ ! -f "${exp}/.done" ] || [ ! -e "${exp}/${ssl_model}" ]; then
+        log "Error: ${exp}/${ssl_model} is missing: run stage 11 (local/ssl.sh) with the same models and layers"
+        exit 1
+    fi
+}
+data_sig() {
+    echo "train=$(sig_of "${data_feats}/${train_set}/wav.scp" "${data_feats}/${train_set}/text") valid=$(sig_of "${valid_dir}/wav.scp") tokens=$(sig_of "${token_list}")"
+}
+
+# ---------------------------------------------------------------------------
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+    for entry in "${pretrained[@]}"; do
+        read -r model layer <<<"${entry}"
+        check_pretrained "${model}" "${layer}"
+        ssl=$(ssl_exp "${model}" "${layer}")
+        log "Step 1: CTC fine-tuning of ${ssl}/${ssl_model}"
+        config=${conf_dir}/finetune_ctc.yaml
+        sig="config=$(sig_of "${config}") pretrained=$(sig_of "${ssl}/.done") $(data_sig) args=${finetune_args}"
+        train_asr "$(ft_exp "${model}" "${layer}")" "${config}" "${sig}" "${inference_ft_model}" \
+            --encoder_conf "ssl_model=${ssl}/${ssl_model}" --encoder_conf "ssl_config=${ssl}/config.yaml" \
+            ${finetune_args}
+    done
+fi
+
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
+    beam_opts=()
+    [ -n "${ft_beam_size}" ] && beam_opts=(--beam_size "${ft_beam_size}")
+    ngram_opts=(--ngram_file "${ngram_file}")
+    [ -n "${ngram_weight}" ] && ngram_opts+=(--ngram_weight "${ngram_weight}")
+    if "${use_ngram}" && [ ! -s "${ngram_file}" ]; then
+        log "Error: ${ngram_file} is missing: run stage 6 of the recipe (or --use_ngram false)"
+        exit 1
+    fi
+    tag=$(model_tag "${inference_ft_model}")
+    for entry in "${pretrained[@]}"; do
+        read -r model layer <<<"${entry}"
+        exp=$(ft_exp "${model}" "${layer}")
+        if [ ! -f "${exp}/.done" ]; then
+            log "Error: ${exp} is not trained: run step 1 first"
+            exit 1
+        fi
+        log "Step 2: decoding ${exp} without an LM"
+        decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
+            "${exp}/decode_ctc_${tag}" "${beam_opts[@]}"
+        if "${use_ngram}"; then
+            log "Step 2: decoding ${exp} with ${ngram_file}"
+            decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
+                "${exp}/decode_ctc_ngram_${tag}" "${beam_opts[@]}" "${ngram_opts[@]}"
+        fi
+    done
+fi
+
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
+    for entry in "${pretrained[@]}"; do
+        read -r model layer <<<"${entry}"
+        check_pretrained "${model}" "${layer}"
+        ssl=$(ssl_exp "${model}" "${layer}")
+        log "Step 3: frozen upstream $(upstream_of "${model}") (${ssl}/${ssl_model}) + Conformer"
+        config=${conf_dir}/conformer_s3prl.yaml
+        sig="config=$(sig_of "${config}") pretrained=$(sig_of "${ssl}/.done") $(data_sig) args=${conformer_args}"
+        train_asr "$(conformer_exp "${model}" "${layer}")" "${config}" "${sig}" "${inference_conformer_model}" \
+            --frontend_conf "frontend_conf.upstream=$(upstream_of "${model}")" \
+            --frontend_conf "frontend_conf.path_or_url=${ssl}/${ssl_model}" \
+            ${conformer_args}
+    done
+fi
+
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+    tag=$(model_tag "${inference_conformer_model}")
+    for entry in "${pretrained[@]}"; do
+        read -r model layer <<<"${entry}"
+        exp=$(conformer_exp "${model}" "${layer}")
+        if [ ! -f "${exp}/.done" ]; then
+            log "Error: ${exp} is not trained: run step 3 first"
+            exit 1
+        fi
+        log "Step 4: decoding ${exp}"
+        decode "${exp}" "${exp}/${inference_conformer_model}" "${conf_dir}/decode_conformer.yaml" \
+            "${exp}/decode_conformer_${tag}"
+    done
+fi
+
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+    log "Step 5: scoring and the Table II section of ${results}"
+    for entry in "${pretrained[@]}"; do
+        read -r model layer <<<"${entry}"
+        for exp in "$(ft_exp "${model}" "${layer}")" "$(conformer_exp "${model}" "${layer}")"; do
+            for decode_dir in "${exp}"/decode_*; do
+                [ -d "${decode_dir}" ] || continue
+                for dset in ${test_sets}; do
+                    out=${decode_dir}/${dset}
+                    { [ -f "${out}/.done" ] && [ -f "${out}/ref" ]; } || continue
+                    ${python} utils/score_wer.py "${out}/ref" "${out}/text" "${out}/score_wer" >/dev/null
+                    log "${out}: $(grep '^%WER' "${out}/score_wer/result.txt")"
+                done
+            done
+        done
+    done
+    ${python} local/make_table2.py --exp_dir "${expdir}" --test_sets "${test_sets}" --out "${results}"
+    log "Results: ${results} (section 'Table II')"
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Stage 11 of the recipe: HuBERT-style pretraining through ESPnet's SSL task
+# (python -m espnet_mamba.bin.ssl_train: wav2vec CNN frontend, masking, HuBERT loss)
+# of Mamba-HuBERT (ConBiMamba encoder) and of the Transformer HuBERT baseline.
+#
+#   step 1  k-means of MFCCs -> iteration-1 labels
+#   step 2  iteration-1 pretraining of each model          exp/ssl_<model>_it1
+#   step 3  k-means of layer L of each iteration-1 model -> iteration-2 labels
+#   step 4  iteration-2 pretraining, one model per layer   exp/ssl_<model>_it2_L<L>
+#
+# Mamba-HuBERT takes its iteration-2 targets from each layer of --hubert_label_layer
+# (the paper: 6 and 9, two models); the baseline from --baseline_label_layer.
+# Reads dump/raw/<set>/wav.scp as stages 3-4 leave it; labels go to dump/ssl/.
+# Each step skips work that is complete for the same inputs and options (a .done
+# file holding them) and an interrupted training resumes (--resume true).
+#
+# Example (mini corpus, as stage 11 runs it):
+#   local/ssl.sh --conf_dir conf/ssl/mini --train_utts 400 --valid_utts 40
+set -Eeuo pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+SECONDS=0
+
+## General
+stage=1                 # first step (1 MFCC labels, 2 iteration 1, 3 layer labels, 4 iteration 2)
+stop_stage=4            # last step
+ngpu=0                  # GPUs for training (0: CPU)
+train_threads=1         # CPU threads of a training process (OMP_NUM_THREADS; more threads than free cores slow it down a lot)
+python=python3          # python of the virtual environment (path.sh puts it first)
+dumpdir=dump            # dumped audio (dump/raw/<set>) and the labels (dump/ssl)
+expdir=exp              # experiments
+## Data
+train_set=train_clean_100 # pretraining set (dumped by stages 3-4)
+valid_set=dev           # validation set
+train_utts=0            # pretrain on this many training utterances, evenly spaced (0: all)
+valid_utts=0            # validate on this many validation utterances, evenly spaced (0: all)
+## Models
+models="mamba_hubert hubert" # mamba_hubert (ConBiMamba) and/or hubert (Transformer baseline)
+conf_dir=conf/ssl       # configs <model>_it1.yaml and <model>_it2.yaml, or <model>.yaml for both
+hubert_label_layer="6 9" # Mamba-HuBERT layer(s) whose k-means give iteration-2 targets (one model each)
+baseline_label_layer=6  # Transformer HuBERT layer whose k-means give its iteration-2 targets
+ssl_model=latest.pth    # checkpoint of an iteration that labels the next one (and goes downstream)
+ssl_args=""             # extra options of ssl_train (override the configs)
+ssl_train_module=espnet_mamba.bin.ssl_train # python -m module for training
+## K-means
+n_clusters_it1=100      # clusters of the MFCC k-means (iteration-1 targets)
+n_clusters_it2=500      # clusters of the layer k-means (iteration-2 targets)
+kmeans_portion=1.0      # fraction of the pretraining utterances k-means is fit on
+kmeans_max_frames=1000000 # at most this many frames to fit on
+kmeans_n_init=20        # k-means initialisations (the best one is kept)
+kmeans_device=cpu       # device of the iteration-1 model when extracting layer features
+
+help_message="Usage: $0 [options]   (run from the recipe directory; stage 11 of mamba_mi.sh)"
+
+log "$0 $*"
+. utils/parse_options.sh
+
+if [ $# -ne 0 ]; then
+    log "Error: unexpected arguments: $*"
+    exit 1
+fi
+
+. ./path.sh
+. ./cmd.sh
+
+is_done() {
+    # is_done DIR SIGNATURE: DIR/.done holds SIGNATURE (the inputs and options of its outputs).
+    [ -f "$1/.done" ] && [ "$(cat "$1/.done")" = "$2" ]
+}
+mark_done() {
+    printf '%s\n' "$2" >"$1/.done.tmp"
+    mv "$1/.done.tmp" "$1/.done"
+}
+sig_of() {
+    # a short fingerprint of files
+    cat "$@" | md5sum | cut -c1-16
+}
+config_of() {
+    # config_of MODEL ITERATION: the training config of one pretraining
+    local f
+    for f in "${conf_dir}/$1_it$2.yaml" "${conf_dir}/$1.yaml"; do
+        [ -f "${f}" ] && { echo "${f}"; return 0; }
+    done
+    log "Error: no config for $1 iteration $2: neither ${conf_dir}/$1_it$2.yaml nor ${conf_dir}/$1.yaml"
+    return 1
+}
+layers_of() {
+    if [ "$1" = mamba_hubert ]; then echo "${hubert_label_layer}"; else echo "${baseline_label_layer}"; fi
+}
+subset() {
+    # subset SRC DST N: DST/wav.scp = N utterances of SRC/wav.scp, evenly spaced (N = 0: all)
+    local src=$1 dst=$2 n=$3 total
+    mkdir -p "${dst}"
+    total=$(wc -l <"${src}/wav.scp")
+    if [ "${n}" -eq 0 ] || [ "${n}" -ge "${total}" ]; then
+        cp "${src}/wav.scp" "${dst}/wav.scp.tmp"
+    else
+        awk -v n="${n}" -v t="${total}" 'BEGIN { last = -1 } { k = int((NR - 1) * n / t); if (k != last) { print; last = k } }' \
+            "${src}/wav.scp" >"${dst}/wav.scp.tmp"
+    fi
+    mv "${dst}/wav.scp.tmp" "${dst}/wav.scp"
+}
+
+# ---------------------------------------------------------------------------
+# Checks
+for name in n_clusters_it1 n_clusters_it2 train_threads kmeans_max_frames kmeans_n_init; do
+    if [[ ! ${!name} =~ ^[1-9][0-9]*$ ]]; then
+        log "Error: --${name} must be a positive integer, got '${!name}'"
+        exit 1
+    fi
+done
+for name in train_utts valid_utts ngpu; do
+    if [[ ! ${!name} =~ ^[0-9]+$ ]]; then
+        log "Error: --${name} must be a non-negative integer, got '${!name}'"
+        exit 1
+    fi
+done
+if [ "${n_clusters_it1}" -lt 2 ] || [ "${n_clusters_it2}" -lt 2 ]; then
+    log "Error: --n_clusters_it1 and --n_clusters_it2 must be at least 2"
+    exit 1
+fi
+for layer in ${hubert_label_layer} ${baseline_label_layer}; do
+    if [[ ! ${layer} =~ ^[0-9]+$ ]]; then
+        log "Error: label layers must be non-negative integers, got '${layer}' (--hubert_label_layer '${hubert_label_layer}', --baseline_label_layer '${baseline_label_layer}')"
+        exit 1
+    fi
+done
+if [ -z "${models}" ]; then
+    log "Error: --models is empty"
+    exit 1
+fi
+for model in ${models}; do
+    case "${model}" in
+        mamba_hubert | hubert) config_of "${model}" 1 >/dev/null && config_of "${model}" 2 >/dev/null ;;
+        *) log "Error: --models: unknown model '${model}' (mamba_hubert or hubert)"; exit 1 ;;
+    esac
+done
+for dset in "${train_set}" "${valid_set}"; do
+    if [ ! -s "${dumpdir}/raw/${dset}/wav.scp" ]; then
+        log "Error: ${dumpdir}/raw/${dset}/wav.scp is missing: run stages 1-4 of the recipe first"
+        exit 1
+    fi
+done
+
+ssl_data=${dumpdir}/ssl/data
+labels_it1=${dumpdir}/ssl/it1_mfcc_km${n_clusters_it1}
+labels_it2() { echo "${dumpdir}/ssl/it2_$1_L$2_km${n_clusters_it2}"; }
+dist_opts=()
+[ "${ngpu}" -gt 1 ] && dist_opts=(--multiprocessing_distributed true)
+
+pretrain() {
+    # pretrain CONFIG LABEL_DIR EXP_DIR
+    local config=$1 labels=$2 exp=$3 sig
+    sig="config=$(sig_of "${config}") labels=$(sig_of "${labels}/.done") args=${ssl_args}"
+    if is_done "${exp}" "${sig}" && [ -e "${exp}/${ssl_model}" ]; then
+        log "${exp}: trained (.done); skipping"
+        return 0
+    fi
+    mkdir -p "${exp}"
+    rm -f "${exp}/.done"
+    # --resume continues an interrupted training, but only one started with these options
+    if [ -f "${exp}/.started" ] && [ "$(cat "${exp}/.started")" != "${sig}" ]; then
+        log "Error: ${exp} holds a training started with other options or data ($(cat "${exp}/.started")); remove ${exp}"
+        return 1
+    fi
+    printf '%s\n' "${sig}" >"${exp}/.started"
+    ${python} local/hubert_config.py "${config}" "${labels}/tokens.txt" "${exp}/pretrain_config.yaml"
+    log "Pretraining ${exp} on ${labels} ($(($(wc -l <"${labels}/tokens.txt") - 1)) clusters); log: ${exp}/train.log"
+    OMP_NUM_THREADS=${train_threads} ${train_cmd} --gpu "${ngpu}" "${exp}/train.log" \
+        ${python} -m "${ssl_train_module}" --ngpu "${ngpu}" "${dist_opts[@]}" \
+        --use_preprocessor true --token_type word --token_list "${labels}/tokens.txt" \
+        --train_data_path_and_name_and_type "${ssl_data}/train/wav.scp,speech,sound" \
+        --train_data_path_and_name_and_type "${labels}/train/text,text,text" \
+        --valid_data_path_and_name_and_type "${ssl_data}/valid/wav.scp,speech,sound" \
+        --valid_data_path_and_name_and_type "${labels}/valid/text,text,text" \
+        --train_shape_file "${labels}/train/speech_shape" --valid_shape_file "${labels}/valid/speech_shape" \
+        --resume true --output_dir "${exp}" --config "${exp}/pretrain_config.yaml" ${ssl_args} || {
+        log "Error: pretraining failed; see ${exp}/train.log"
+        return 1
+    }
+    if [ ! -e "${exp}/${ssl_model}" ]; then
+        log "Error: training finished without ${exp}/${ssl_model}"
+        return 1
+    fi
+    mark_done "${exp}" "${sig}"
+}
+
+# ---------------------------------------------------------------------------
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+    log "Step 1: pretraining data (${train_utts} / ${valid_utts} utterances, 0 = all) and MFCC k-means labels -> ${labels_it1}"
+    subset "${dumpdir}/raw/${train_set}" "${ssl_data}/train" "${train_utts}"
+    subset "${dumpdir}/raw/${valid_set}" "${ssl_data}/valid" "${valid_utts}"
+    sig="data=$(sig_of "${ssl_data}/train/wav.scp" "${ssl_data}/valid/wav.scp") k=${n_clusters_it1} portion=${kmeans_portion} max_frames=${kmeans_max_frames} n_init=${kmeans_n_init}"
+    if is_done "${labels_it1}" "${sig}"; then
+        log "${labels_it1}: complete (.done); skipping"
+    else
+        mkdir -p "${labels_it1}"
+        rm -f "${labels_it1}/.done"
+        ${python} -m espnet_mamba.ssl.kmeans --feature mfcc --n_clusters "${n_clusters_it1}" \
+            --fit_data_dir "${ssl_data}/train" --data_dirs "${ssl_data}/train" "${ssl_data}/valid" \
+            --out_dir "${labels_it1}" --portion "${kmeans_portion}" --max_fit_frames "${kmeans_max_frames}" \
+            --n_init "${kmeans_n_init}" >"${labels_it1}/kmeans.log" 2>&1 || {
+            log "Error: MFCC k-means failed; see ${labels_it1}/kmeans.log"
+            tail -n 3 "${labels_it1}/kmeans.log"
+            exit 1
+        }
+        mark_done "${labels_it1}" "${sig}"
+    fi
+fi
+
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
+    for model in ${models}; do
+        log "Step 2: iteration 1 of ${model}"
+        pretrain "$(config_of "${model}" 1)" "${labels_it1}" "${expdir}/ssl_${model}_it1"
+    done
+fi
+
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
+    for model in ${models}; do
+        it1=${expdir}/ssl_${model}_it1
+        if [ ! -f "${it1}/.done" ]; then
+            log "Error: ${it1} is not trained: run step 2 first"
+            exit 1
+        fi
+        layers=$(layers_of "${model}")
+        log "Step 3: k-means (${n_clusters_it2} clusters) of layer(s) ${layers} of ${it1}/${ssl_model}"
+        sig="model=$(sig_of "${it1}/.done") data=$(sig_of "${ssl_data}/train/wav.scp" "${ssl_data}/valid/wav.scp") k=${n_clusters_it2} portion=${kmeans_portion} max_frames=${kmeans_max_frames} n_init=${kmeans_n_init}"
+        pending=()
+        for layer in ${layers}; do
+            if is_done "$(labels_it2 "${model}" "${layer}")" "${sig} layer=${layer}"; then
+                log "$(labels_it2 "${model}" "${layer}"): complete (.done); skipping"
+            else
+                pending+=("${layer}")
+            fi
+        done
+        [ ${#pending[@]} -eq 0 ] && continue
+        out_template=${dumpdir}/ssl/it2_${model}_L{layer}_km${n_clusters_it2}
+        kmeans_log=${dumpdir}/ssl/it2_${model}_kmeans.log
+        ${python} -m espnet_mamba.ssl.kmeans --feature ssl --ssl_model "${it1}/${ssl_model}" \
+            --layers "${pending[@]}" --n_clusters "${n_clusters_it2}" --device "${kmeans_device}" \
+            --fit_data_dir "${ssl_data}/train" --data_dirs "${ssl_data}/train" "${ssl_data}/valid" \
+            --out_dir "${out_template}" --portion "${kmeans_portion}" --max_fit_frames "${kmeans_max_frames}" \
+            --n_init "${kmeans_n_init}" >"${kmeans_log}" 2>&1 || {
+            log "Error: k-means of ${model} layer(s) ${pending[*]} failed; see ${kmeans_log}"
+            tail -n 3 "${kmeans_log}"
+            exit 1
+        }
+        for layer in "${pending[@]}"; do
+            mark_done "$(labels_it2 "${model}" "${layer}")" "${sig} layer=${layer}"
+        done
+    done
+fi
+
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+    for model in ${models}; do
+        for layer in $(layers_of "${model}"); do
+            log "Step 4: iteration 2 of ${model}, targets from layer ${layer}"
+            labels=$(labels_it2 "${model}" "${layer}")
+            if [ ! -f "${labels}/.done" ]; then
+                log "Error: ${labels} is missing: run step 3 first"
+                exit 1
+            fi
+            pretrain "$(config_of "${model}" 2)" "${labels}" "${expdir}/ssl_${model}_it2_L${layer}"
+        done
+    done
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

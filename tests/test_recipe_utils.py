@@ -1,0 +1,351 @@
+"""Tests of the recipe's helper scripts: parse_options.sh, run.pl, split_scp.py,
+score_wer.py, data_dir.py and make_results.py."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "librispeech_100" / "mamba_mi"
+UTILS = RECIPE / "utils"
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    return module
+
+
+# --------------------------------------------------------------------------
+# parse_options.sh
+
+
+def _options_script(tmp_path: Path) -> Path:
+    script = tmp_path / "opts.sh"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/usr/bin/env bash
+            set -euo pipefail
+            help_message="Usage: opts.sh [options]"
+            ## Group one
+            stage=1            # first stage
+            use_decoder=true   # a boolean option
+            test_sets="a b"    # several words
+            . {UTILS}/parse_options.sh
+            echo "stage=${{stage}} use_decoder=${{use_decoder}} test_sets=${{test_sets}} rest=$*"
+            """
+        )
+    )
+    script.chmod(0o755)
+    return script
+
+
+def _run(args, **kwargs):
+    return subprocess.run(args, capture_output=True, text=True, **kwargs)
+
+
+def test_parse_options_sets_variables(tmp_path):
+    script = _options_script(tmp_path)
+    out = _run([str(script), "--stage", "3", "--use-decoder", "false", "--test_sets=x y z", "pos1", "pos2"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "stage=3 use_decoder=false test_sets=x y z rest=pos1 pos2"
+
+
+def test_parse_options_defaults_and_last_wins(tmp_path):
+    script = _options_script(tmp_path)
+    out = _run([str(script), "--stage", "2", "--stage", "5"])
+    assert out.stdout.strip() == "stage=5 use_decoder=true test_sets=a b rest="
+
+
+def test_parse_options_rejects_unknown_option(tmp_path):
+    out = _run([str(_options_script(tmp_path)), "--no_such_option", "1"])
+    assert out.returncode != 0
+    assert "invalid option --no_such_option" in out.stderr
+
+
+def test_parse_options_rejects_non_boolean_for_boolean(tmp_path):
+    out = _run([str(_options_script(tmp_path)), "--use_decoder", "yes"])
+    assert out.returncode != 0
+    assert "true or false" in out.stderr
+
+
+def test_parse_options_missing_value(tmp_path):
+    out = _run([str(_options_script(tmp_path)), "--stage"])
+    assert out.returncode != 0
+    assert "needs a value" in out.stderr
+
+
+def test_parse_options_help_lists_every_option_with_value(tmp_path):
+    out = _run([str(_options_script(tmp_path)), "--stage", "7", "--help"])
+    assert out.returncode == 0
+    assert "Usage: opts.sh [options]" in out.stdout
+    assert "# Group one" in out.stdout
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip().startswith("--")}
+    assert set(lines) == {"--stage", "--use_decoder", "--test_sets"}
+    assert '"7"' in lines["--stage"] and "first stage" in lines["--stage"]
+    assert '"a b"' in lines["--test_sets"]
+
+
+def test_parse_options_config_file(tmp_path):
+    conf = tmp_path / "opts.conf"
+    conf.write_text("# comment\n--stage 4\nuse_decoder=false\n")
+    out = _run([str(_options_script(tmp_path)), "--config", str(conf), "--stage", "6"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "stage=6 use_decoder=false test_sets=a b rest="
+
+
+def test_recipe_help_lists_all_options():
+    out = _run(["bash", "mamba_mi.sh", "--help"], cwd=RECIPE)
+    assert out.returncode == 0, out.stderr
+    names = {line.split()[0][2:] for line in out.stdout.splitlines() if line.strip().startswith("--")}
+    # every `name=value  # comment` line above parse_options.sh is listed
+    script = (RECIPE / "mamba_mi.sh").read_text().split("utils/parse_options.sh")[0]
+    declared = {line.split("=")[0] for line in script.splitlines() if "=" in line and "#" in line and line[:1].isalpha()}
+    declared.discard("resume_cmd")
+    assert declared and declared <= names
+    for expected in ("stage", "stop_stage", "nj", "ngpu", "use_decoder", "corpus", "librispeech_dir",
+                     "speed_perturb_factors", "nbpe", "asr_config", "inference_config", "use_lm", "use_ngram",
+                     "mini_preset", "mini_seed", "mini_train_speakers"):
+        assert expected in names
+
+
+# --------------------------------------------------------------------------
+# run.pl
+
+
+def test_run_pl_substitutes_job_and_logs(tmp_path):
+    out = _run([str(UTILS / "run.pl"), "JOB=1:3", str(tmp_path / "log.JOB.txt"),
+                "echo", "job", "JOB", "two  spaces", "|", "tr", "a-z", "A-Z"])
+    assert out.returncode == 0, out.stderr
+    for i in (1, 2, 3):
+        log = (tmp_path / f"log.{i}.txt").read_text()
+        assert f"JOB {i} TWO  SPACES" in log
+        assert "# Ended (code 0)" in log
+
+
+def test_run_pl_single_job(tmp_path):
+    out = _run([str(UTILS / "run.pl"), str(tmp_path / "sub" / "one.log"), "echo", "hello"])
+    assert out.returncode == 0
+    assert "hello" in (tmp_path / "sub" / "one.log").read_text()
+
+
+def test_run_pl_fails_when_any_job_fails(tmp_path):
+    out = _run([str(UTILS / "run.pl"), "JOB=1:4", str(tmp_path / "log.JOB"), "test", "JOB", "-ne", "3"])
+    assert out.returncode == 1
+    assert "1 / 4 failed" in out.stderr and "log.3" in out.stderr
+    assert "# Ended (code 1)" in (tmp_path / "log.3").read_text()
+    assert "# Ended (code 0)" in (tmp_path / "log.2").read_text()
+
+
+def test_run_pl_runs_in_parallel_and_respects_max_jobs(tmp_path):
+    # every job records how many jobs run at that moment (lock directory = counter)
+    counter = tmp_path / "running"
+    counter.mkdir()
+    job = f"touch {counter}/JOB; sleep 0.6; ls {counter} | wc -l > {tmp_path}/seen.JOB; rm {counter}/JOB"
+    start = time.time()
+    out = _run([str(UTILS / "run.pl"), "JOB=1:4", str(tmp_path / "p.JOB.log"), "bash", "-c", job])
+    parallel_time = time.time() - start
+    assert out.returncode == 0, out.stderr
+    assert max(int((tmp_path / f"seen.{i}").read_text()) for i in range(1, 5)) >= 2
+    assert parallel_time < 4 * 0.6
+    out = _run([str(UTILS / "run.pl"), "--max_jobs_run", "1", "JOB=1:3", str(tmp_path / "s.JOB.log"), "bash", "-c", job])
+    assert out.returncode == 0, out.stderr
+    assert all(int((tmp_path / f"seen.{i}").read_text()) == 1 for i in range(1, 4))
+
+
+def test_run_pl_rejects_bad_range(tmp_path):
+    out = _run([str(UTILS / "run.pl"), "JOB=3:1", str(tmp_path / "x.JOB"), "true"])
+    assert out.returncode == 1 and "bad job range" in out.stderr
+
+
+# --------------------------------------------------------------------------
+# split_scp.py
+
+
+@pytest.mark.parametrize("n_lines,n_parts", [(10, 3), (7, 7), (5, 1), (100, 8)])
+def test_split_scp_parts_concatenate_to_input(tmp_path, n_lines, n_parts):
+    lines = [f"utt{i:03d} value {i}\n" for i in range(n_lines)]
+    src = tmp_path / "in.scp"
+    src.write_text("".join(lines))
+    out = _run([sys.executable, str(UTILS / "split_scp.py"), "--num_parts", str(n_parts), str(src),
+                str(tmp_path / "part.JOB.scp")])
+    assert out.returncode == 0, out.stderr
+    parts = [(tmp_path / f"part.{i}.scp").read_text().splitlines(keepends=True) for i in range(1, n_parts + 1)]
+    assert sum(parts, []) == lines
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_split_scp_too_many_parts(tmp_path):
+    src = tmp_path / "in.scp"
+    src.write_text("a 1\nb 2\n")
+    out = _run([sys.executable, str(UTILS / "split_scp.py"), str(src), *(str(tmp_path / f"o{i}") for i in range(3))])
+    assert out.returncode == 1 and "cannot split 2 lines into 3" in out.stderr
+
+
+# --------------------------------------------------------------------------
+# score_wer.py
+
+
+def _levenshtein(ref, hyp):
+    """Plain dynamic programme: (edits, substitutions, deletions, insertions) of one optimal path."""
+    n, m = len(ref), len(hyp)
+    dist = [[(0, 0, 0, 0)] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        dist[i][0] = (i, 0, i, 0)
+    for j in range(1, m + 1):
+        dist[0][j] = (j, 0, 0, j)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            e, s, d, k = dist[i - 1][j - 1]
+            if ref[i - 1] == hyp[j - 1]:
+                best = (e, s, d, k)
+            else:
+                best = (e + 1, s + 1, d, k)
+            e, s, d, k = dist[i - 1][j]
+            best = min(best, (e + 1, s, d + 1, k), key=lambda t: t[0])
+            e, s, d, k = dist[i][j - 1]
+            best = min(best, (e + 1, s, d, k + 1), key=lambda t: t[0])
+            dist[i][j] = best
+    return dist[n][m]
+
+
+def test_score_normalize():
+    score_wer = _load(UTILS / "score_wer.py")
+    assert score_wer.normalize("  Hello, world!  it's  'quoted' ") == "HELLO WORLD IT'S QUOTED"
+    assert score_wer.normalize("") == ""
+
+
+def test_score_matches_independent_edit_distance():
+    import random
+
+    score_wer = _load(UTILS / "score_wer.py")
+    rng = random.Random(0)
+    vocab = "A B C D E F G".split()
+    ref, hyp = {}, {}
+    for i in range(60):
+        r = [rng.choice(vocab) for _ in range(rng.randint(1, 9))]
+        h = list(r)
+        for _ in range(rng.randint(0, 4)):
+            op = rng.choice("sdi")
+            if op == "s" and h:
+                h[rng.randrange(len(h))] = rng.choice(vocab)
+            elif op == "d" and h:
+                del h[rng.randrange(len(h))]
+            else:
+                h.insert(rng.randrange(len(h) + 1), rng.choice(vocab))
+        ref[f"u{i}"] = " ".join(r)
+        if h or i % 2:  # some empty hypotheses are missing altogether
+            hyp[f"u{i}"] = " ".join(h).lower()
+    result = score_wer.score(ref, hyp)
+    edits = sum(_levenshtein(ref[u].split(), hyp.get(u, "").upper().split())[0] for u in ref)
+    words = sum(len(r.split()) for r in ref.values())
+    assert result["wrd"] == words and result["snt"] == 60
+    assert result["sub"] + result["del"] + result["ins"] == edits
+    assert math.isclose(result["Err"], 100.0 * edits / words)
+    assert result["corr"] + result["sub"] + result["del"] == words
+
+
+def test_score_cli_writes_table(tmp_path):
+    (tmp_path / "ref").write_text("u1 THE CAT SAT\nu2 A DOG\n")
+    (tmp_path / "hyp").write_text("u1 the cat sat down\nu2 a\n")
+    out = _run([sys.executable, str(UTILS / "score_wer.py"), str(tmp_path / "ref"), str(tmp_path / "hyp"),
+                str(tmp_path / "score")])
+    assert out.returncode == 0, out.stderr
+    table = (tmp_path / "score" / "result.txt").read_text()
+    assert "| Snt | Wrd | Corr | Sub | Del | Ins | Err | S.Err |" in table
+    assert "| 2 | 5 | 80.0 | 0.0 | 20.0 | 20.0 | 40.0 | 100.0 |" in table
+    summary = json.loads((tmp_path / "score" / "result.json").read_text())
+    assert summary["ins"] == 1 and summary["del"] == 1
+
+
+def test_score_rejects_hypothesis_without_reference(tmp_path):
+    (tmp_path / "ref").write_text("u1 A\n")
+    (tmp_path / "hyp").write_text("u1 A\nu9 B\n")
+    out = _run([sys.executable, str(UTILS / "score_wer.py"), str(tmp_path / "ref"), str(tmp_path / "hyp"),
+                str(tmp_path / "score")])
+    assert out.returncode == 1 and "without a reference" in out.stderr
+
+
+# --------------------------------------------------------------------------
+# data_dir.py
+
+
+def _make_dir(path: Path, utts, spk="s1"):
+    path.mkdir(parents=True)
+    (path / "wav.scp").write_text("".join(f"{u} /audio/{u}.flac\n" for u in utts))
+    (path / "text").write_text("".join(f"{u} WORDS OF {u.upper()}\n" for u in utts))
+    (path / "utt2spk").write_text("".join(f"{u} {spk}\n" for u in utts))
+
+
+def test_data_dir_combine_subset_and_spk2utt(tmp_path):
+    data_dir = _load(UTILS / "data_dir.py")
+    _make_dir(tmp_path / "a", ["u1", "u3"], "sa")
+    _make_dir(tmp_path / "b", ["u2"], "sb")
+    combined = data_dir.combine([data_dir.DataDir.load(tmp_path / "a"), data_dir.DataDir.load(tmp_path / "b")])
+    combined.save(tmp_path / "c")
+    assert (tmp_path / "c" / "wav.scp").read_text().splitlines()[1] == "u2 /audio/u2.flac"
+    assert (tmp_path / "c" / "spk2utt").read_text() == "sa u1 u3\nsb u2\n"
+    data_dir.subset(combined, ["u3"]).save(tmp_path / "d")
+    assert (tmp_path / "d" / "text").read_text() == "u3 WORDS OF U3\n"
+    with pytest.raises(ValueError, match="more than one input"):
+        data_dir.combine([data_dir.DataDir.load(tmp_path / "a"), data_dir.DataDir.load(tmp_path / "a")])
+
+
+def test_data_dir_speed_perturb_entries(tmp_path):
+    data_dir = _load(UTILS / "data_dir.py")
+    _make_dir(tmp_path / "a", ["u1"], "sa")
+    sp = data_dir.speed_perturb(data_dir.DataDir.load(tmp_path / "a"), 0.9)
+    assert sp.files["wav.scp"] == {"sp0.9-u1": "sox -D /audio/u1.flac -t wav -r 16000 -b 16 - speed 0.9 |"}
+    assert sp.files["utt2spk"] == {"sp0.9-u1": "sp0.9-sa"}
+    assert sp.files["text"]["sp0.9-u1"] == "WORDS OF U1"
+    with pytest.raises(ValueError, match="factor"):
+        data_dir.speed_perturb(sp, 0.0)
+
+
+def test_read_kv_reports_file_and_line(tmp_path):
+    data_dir = _load(UTILS / "data_dir.py")
+    (tmp_path / "f").write_text("a 1\na 2\n")
+    with pytest.raises(ValueError, match=r"f:2: duplicate key 'a'"):
+        data_dir.read_kv(tmp_path / "f")
+
+
+# --------------------------------------------------------------------------
+# make_results.py
+
+
+def test_make_results_table_one(tmp_path):
+    make_results = _load(RECIPE / "local" / "make_results.py")
+    for name, config, wers in (
+        ("asr_dec", {"decoder": "transformer", "model_conf": {"ctc_weight": 0.3}}, (5.9, 17.1, 6.0, 17.2)),
+        ("asr_nodec", {"decoder": None, "model_conf": {"ctc_weight": 1.0}}, (8.4, 24.3, 8.8, 25.1)),
+    ):
+        exp = tmp_path / name
+        exp.mkdir()
+        (exp / "config.yaml").write_text(json.dumps({"encoder": "conbimamba", **config}))
+        for dset, wer in zip(("dev_clean", "dev_other", "test_clean", "test_other"), wers):
+            score = exp / "decode_x" / dset / "score_wer"
+            score.mkdir(parents=True)
+            row = {"snt": 1, "wrd": 10, "corr": 9, "sub": 1, "del": 0, "ins": 0, "snt_err": 1,
+                   "Corr": 90.0, "Sub": 10.0, "Del": 0.0, "Ins": 0.0, "Err": wer, "S.Err": 100.0}
+            (score / "result.json").write_text(json.dumps(row))
+    out = tmp_path / "RESULTS.md"
+    assert make_results.main(["--exp_dir", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| + Decoder | 5.9 | 17.1 | 6.0 | 17.2 | asr_dec | decode_x |" in text
+    assert "| - Decoder | 8.4 | 24.3 | 8.8 | 25.1 | asr_nodec | decode_x |" in text
+    assert text.index("+ Decoder |") < text.index("- Decoder |")
+    assert "- torch:" in text and "- git commit:" in text
