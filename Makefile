@@ -8,9 +8,10 @@ PYTEST_ARGS ?=
 install:
 	bash tools/install.sh
 
+# The CTC-only model first, then everything else: stage 13 then compares both.
 run: install
+	cd $(RECIPE) && ./run.sh --stage 1 --stop_stage 10 --use_decoder false
 	cd $(RECIPE) && ./run.sh --stage 1 --stop_stage 13 --use_decoder true
-	cd $(RECIPE) && ./run.sh --stage 8 --stop_stage 10 --use_decoder false
 
 test: install
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -79,7 +79,7 @@ results=RESULTS.md      # stage 10 writes the result tables here
 ## Pretraining, downstream ASR and the MI analysis (stages 11-13)
 hubert_label_layer="6 9" # Mamba-HuBERT layer(s) whose k-means give iteration-2 targets (one model each)
 ssl_opts=""             # extra options of local/ssl.sh (stage 11; run.sh sets the corpus's)
-ssamba_config=""        # SSAMBA pretraining config (stage 11; empty: no SSAMBA)
+ssamba_opts=""          # options of local/ssamba.sh (stage 11; empty: no SSAMBA)
 downstream_opts=""      # extra options of local/downstream.sh (stage 12; run.sh sets the corpus's)
 mi_n_utts=1000          # utterances per model in the MI analysis (stage 13)
 mi_args=""              # extra options of analysis/run_mine.py (stage 13)
@@ -121,14 +121,8 @@ begin_stage() {
 end_stage() {
     log "Stage ${current_stage}: done [$((SECONDS - stage_start))s]"
 }
-is_done() {
-    # is_done DIR SIGNATURE: DIR/.done holds SIGNATURE (the options the outputs were made with).
-    [ -f "$1/.done" ] && [ "$(cat "$1/.done")" = "$2" ]
-}
-mark_done() {
-    printf '%s\n' "$2" >"$1/.done.tmp"
-    mv "$1/.done.tmp" "$1/.done"
-}
+. utils/done.sh
+
 check_bool() {
     case "$2" in
         true | false) ;;
@@ -600,9 +594,9 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
     local/ssl.sh --ngpu "${ngpu}" --python "${python}" --dumpdir "${dumpdir}" --expdir "${expdir}" \
         --train_set "${train_set}" --valid_set "${valid_set}" \
         --hubert_label_layer "${hubert_label_layer}" ${ssl_opts}
-    if [ -n "${ssamba_config}" ]; then
-        local/ssamba.sh --train_set "${train_set}" --dumpdir "${dumpdir}" --expdir "${expdir}" \
-            --ssamba_config "${ssamba_config}"
+    if [ -n "${ssamba_opts}" ]; then
+        # shellcheck disable=SC2086
+        local/ssamba.sh --train_set "${train_set}" --dumpdir "${dumpdir}" --expdir "${expdir}" ${ssamba_opts}
     fi
     end_stage
 fi

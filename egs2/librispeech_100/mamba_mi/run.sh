@@ -19,16 +19,19 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 
 if [ "${corpus}" = librispeech ]; then
-    conf=conf nbpe=5000 ssamba=conf/ssamba/base.yaml mi_n_utts=1000 mi_args=""
+    conf=conf nbpe=5000 mi_n_utts=1000 mi_args=""
+    ssamba_opts="--ssamba_config conf/ssamba/tiny.yaml"  # SSAMBA-tiny; conf/ssamba/base.yaml for base
     ssl_opts="--conf_dir conf/ssl --kmeans_portion 0.1"
     downstream_opts="--conf_dir conf/downstream"
 elif [ "${mini_preset}" = tiny ]; then
-    conf=conf/tiny nbpe=40 ssamba=conf/ssamba/tiny.yaml mi_n_utts=8
+    conf=conf/tiny nbpe=40 mi_n_utts=8
+    ssamba_opts="--ssamba_config conf/ssamba/mini.yaml --max_steps 20"
     ssl_opts="--conf_dir conf/ssl/tiny --n_clusters_it1 10 --n_clusters_it2 10 --kmeans_n_init 2"
     downstream_opts="--conf_dir conf/downstream/tiny --test_utts 4 --inference_nj 1"
     mi_args="--epochs 5 --lr 1e-3 --max_frames 32 --mine_batch_size 32"
 else
-    conf=conf/mini nbpe=150 ssamba=conf/ssamba/mini.yaml mi_n_utts=100
+    conf=conf/mini nbpe=150 mi_n_utts=100
+    ssamba_opts="--ssamba_config conf/ssamba/mini.yaml"
     ssl_opts="--conf_dir conf/ssl/mini --train_utts 400 --valid_utts 40 --n_clusters_it2 100 --kmeans_n_init 5"
     downstream_opts="--conf_dir conf/downstream/mini --valid_utts 40 --test_utts 40 --inference_nj 1"
     mi_args="--epochs 20 --lr 1e-3 --max_frames 64 --mine_batch_size 64"
@@ -50,5 +53,5 @@ export MAMBA_MI_RESUME="./run.sh${resume[*]:+$(printf ' %q' "${resume[@]}")}"
     --inference_config "${conf}/decode_asr${suffix}.yaml" --lm_config "${conf}/train_lm_transformer.yaml" \
     --train_set train_clean_100 --valid_set dev \
     --test_sets "dev_clean dev_other test_clean test_other" \
-    --ssl_opts "${ssl_opts}" --downstream_opts "${downstream_opts}" --ssamba_config "${ssamba}" \
+    --ssl_opts "${ssl_opts}" --downstream_opts "${downstream_opts}" --ssamba_opts "${ssamba_opts}" \
     --mi_n_utts "${mi_n_utts}" --mi_args "${mi_args}" "$@"

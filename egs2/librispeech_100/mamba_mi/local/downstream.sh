@@ -83,16 +83,8 @@ fi
 . ./path.sh
 . ./cmd.sh
 
-is_done() {
-    [ -f "$1/.done" ] && [ "$(cat "$1/.done")" = "$2" ]
-}
-mark_done() {
-    printf '%s\n' "$2" >"$1/.done.tmp"
-    mv "$1/.done.tmp" "$1/.done"
-}
-sig_of() {
-    cat "$@" | md5sum | cut -c1-16
-}
+. utils/done.sh
+
 layers_of() {
     if [ "$1" = mamba_hubert ]; then echo "${hubert_label_layer}"; else echo "${baseline_label_layer}"; fi
 }

@@ -66,18 +66,8 @@ fi
 . ./path.sh
 . ./cmd.sh
 
-is_done() {
-    # is_done DIR SIGNATURE: DIR/.done holds SIGNATURE (the inputs and options of its outputs).
-    [ -f "$1/.done" ] && [ "$(cat "$1/.done")" = "$2" ]
-}
-mark_done() {
-    printf '%s\n' "$2" >"$1/.done.tmp"
-    mv "$1/.done.tmp" "$1/.done"
-}
-sig_of() {
-    # a short fingerprint of files
-    cat "$@" | md5sum | cut -c1-16
-}
+. utils/done.sh
+
 config_of() {
     # config_of MODEL ITERATION: the training config of one pretraining
     local f
