@@ -63,8 +63,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--eval_utts_per_speaker", type=int, default=15, help="utterances per dev/test speaker")
     parser.add_argument("--lm_sentences", type=int, default=20000, help="sentences in lm_text.txt")
     parser.add_argument("--clean_rate", type=int, nargs=2, default=(150, 185), help="words per minute, clean speakers")
-    parser.add_argument("--other_rate", type=int, nargs=2, default=(185, 225), help="words per minute, other speakers")
-    parser.add_argument("--other_snr_db", type=float, nargs=2, default=(10.0, 20.0), help="SNR range of the other sets")
+    # With the defaults the mini "+ Decoder" model scored 36% WER on dev-clean and 75% on
+    # an "other" set (unseen voices alone: 42%; rate 185-225 and SNR 10-20 dB: 98%).
+    parser.add_argument("--other_rate", type=int, nargs=2, default=(170, 200), help="words per minute, other speakers")
+    parser.add_argument("--other_snr_db", type=float, nargs=2, default=(20.0, 30.0), help="SNR range of the other sets")
     parser.add_argument("--lexicon", default=str(mini_text.DEFAULT_LEXICON), help="vocabulary file")
     args = parser.parse_args(argv)
     for name in ("nj", "train_speakers", "train_utts_per_speaker", "eval_speakers", "eval_utts_per_speaker"):
