@@ -11,11 +11,13 @@ the peak allocated memory of one step. Prints a markdown table and writes it to 
 Usage:
     python bench/bench_encoder.py --out docs/bench_encoder.md              # GPU, full grid
     python bench/bench_encoder.py --small --out /tmp/bench_encoder.md      # CPU smoke run
+    python bench/bench_encoder.py --widths 512 --seconds 15 --profile prof/ --out t.md  # + kernel tables
 """
 
 import argparse
 import datetime
 import json
+import os
 import statistics
 import time
 
@@ -95,6 +97,26 @@ def time_step(encoder, batch: int, seconds: float, device, dtype, warmup: int, r
     return statistics.median(times), peak
 
 
+def profile_step(encoder, batch: int, seconds: float, device, dtype, path: str) -> None:
+    """Writes the operator table of one training step (torch.profiler, sorted by device time) to ``path``."""
+    frames = int(seconds * FRAMES_PER_SECOND)
+    xs = torch.randn(batch, frames, FEATURE_DIM, device=device)
+    ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out, _, _ = encoder(xs, ilens)
+        out.float().pow(2).mean().backward()
+        encoder.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(path, "w") as f:
+        f.write(prof.key_averages().table(sort_by=sort_by, row_limit=40, max_name_column_width=60) + "\n")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="markdown file for the table (a .json beside it)")
@@ -106,6 +128,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="tiny CPU smoke configuration")
+    parser.add_argument("--profile", metavar="DIR", help="also write each cell's torch.profiler table into DIR")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,6 +151,10 @@ def main(argv=None) -> None:
                 try:
                     t, peak = time_step(encoder, args.batch, seconds, device, dtype, args.warmup, args.repeats)
                     row[kind] = {"ms": t * 1000, "peak_gib": peak / 2**30}
+                    if args.profile:
+                        os.makedirs(args.profile, exist_ok=True)
+                        name = f"{kind}_d{width}_{seconds:g}s_{args.dtype}.txt"
+                        profile_step(encoder, args.batch, seconds, device, dtype, os.path.join(args.profile, name))
                 except torch.cuda.OutOfMemoryError:
                     row[kind] = {"ms": float("nan"), "peak_gib": float("nan"), "oom": True}
                 del encoder

@@ -47,9 +47,11 @@ def build_model(kind: str, small: bool, device: torch.device):
         backend = "torch" if kind.endswith("torch") else "auto"
         config["encoder_conf"] = dict(config["encoder_conf"], mamba_backend=backend)
     n_classes = config["loss"][0]["conf"]["num_classes"]
-    args = SSLTask.get_parser().parse_args([])
-    for key, value in copy.deepcopy(config).items():
-        setattr(args, key, value)
+    # As ESPnet reads a --config file: its values become parser defaults, which the
+    # options' own types then convert (e.g. "init: none" -> None).
+    parser = SSLTask.get_parser()
+    parser.set_defaults(**copy.deepcopy(config))
+    args = parser.parse_args([])
     args.token_list = [str(i) for i in range(n_classes)] + ["<unk>"]
     torch.manual_seed(0)
     return SSLTask.build_model(args).to(device).train(), n_classes, path
