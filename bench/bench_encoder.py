@@ -25,10 +25,11 @@ import torch
 
 FRAMES_PER_SECOND = 100
 FEATURE_DIM = 80
+KINDS = ["conbimamba-cuda", "conformer", "conbimamba-torch"]
 
 
 def build_encoder(kind: str, d_model: int, num_blocks: int):
-    """Return an encoder module of ``kind`` in {"conbimamba-cuda", "conformer", "conbimamba-torch"}."""
+    """Return an encoder module of ``kind`` (one of :data:`KINDS`)."""
     if kind == "conformer":
         from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
@@ -124,21 +125,27 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, nargs="+", default=[5, 15, 30, 60])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--num-blocks", type=int, default=12)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "tfloat32", "bfloat16"], default="float32",
+                        help="float32; tfloat32: float32 with TF32 matrix products (ESPnet's --use_tf32); "
+                        "bfloat16: autocast (ESPnet's --use_amp with bf16)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="tiny CPU smoke configuration")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=KINDS, help="encoders to time")
     parser.add_argument("--profile", metavar="DIR", help="also write each cell's torch.profiler table into DIR")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kinds = ["conbimamba-cuda", "conformer", "conbimamba-torch"]
+    kinds = args.kinds
     if args.small:
         args.widths, args.seconds, args.batch, args.num_blocks = [64], [2], 2, 2
         args.warmup, args.repeats = 1, 2
     if device.type != "cuda":
-        kinds = ["conformer", "conbimamba-torch"]
-    dtype = getattr(torch, args.dtype)
+        kinds = [kind for kind in kinds if kind != "conbimamba-cuda"]
+    if args.dtype == "tfloat32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
 
     rows = []

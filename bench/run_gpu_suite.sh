@@ -31,8 +31,9 @@ for job in ${only}; do
     case "${job}" in
         scan) python3 bench/check_scan_backends.py --out "${out}/scan_backends.md" ;;
         encoder)
-            python3 bench/bench_encoder.py --out "${out}/encoder_fp32.md"
-            python3 bench/bench_encoder.py --dtype bfloat16 --out "${out}/encoder_bf16.md" ;;
+            for dtype in float32 tfloat32 bfloat16; do
+                python3 bench/bench_encoder.py --dtype "${dtype}" --out "${out}/encoder_${dtype}.md"
+            done ;;
         mine) python3 bench/bench_mine.py --out "${out}/mine.md" ;;
         hubert) python3 bench/bench_hubert.py --out "${out}/hubert.md" ;;
         asr) python3 bench/bench_asr_epoch.py --corpus "${corpus}" \
