@@ -61,8 +61,8 @@ def build_encoder(kind: str, d_model: int, num_blocks: int):
     )
 
 
-def time_step(encoder, batch: int, seconds: float, device, dtype, warmup: int, repeats: int):
-    """Median forward+backward seconds and peak memory (bytes) of one training step."""
+def make_step(encoder, batch: int, seconds: float, device, dtype):
+    """A function running one training step (forward, backward) on ``batch`` utterances of ``seconds``."""
     frames = int(seconds * FRAMES_PER_SECOND)
     xs = torch.randn(batch, frames, FEATURE_DIM, device=device)
     ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
@@ -74,6 +74,12 @@ def time_step(encoder, batch: int, seconds: float, device, dtype, warmup: int, r
         out.float().pow(2).mean().backward()
         encoder.zero_grad(set_to_none=True)
 
+    return step
+
+
+def time_step(encoder, batch: int, seconds: float, device, dtype, warmup: int, repeats: int):
+    """Median forward+backward seconds and peak memory (bytes) of one training step."""
+    step = make_step(encoder, batch, seconds, device, dtype)
     for _ in range(warmup):
         step()
     times = []
@@ -100,17 +106,12 @@ def time_step(encoder, batch: int, seconds: float, device, dtype, warmup: int, r
 
 def profile_step(encoder, batch: int, seconds: float, device, dtype, path: str) -> None:
     """Writes the operator table of one training step (torch.profiler, sorted by device time) to ``path``."""
-    frames = int(seconds * FRAMES_PER_SECOND)
-    xs = torch.randn(batch, frames, FEATURE_DIM, device=device)
-    ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
+    step = make_step(encoder, batch, seconds, device, dtype)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out, _, _ = encoder(xs, ilens)
-        out.float().pow(2).mean().backward()
-        encoder.zero_grad(set_to_none=True)
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize()
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
