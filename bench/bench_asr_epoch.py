@@ -64,6 +64,12 @@ def write_lists(items, hours: float, workdir: Path, sample_rate: int = 16000):
     return len(rows), total / sample_rate / 3600
 
 
+def step_stat(stats: str, key: str) -> float:
+    """The value of ``key`` in an ESPnet statistics line (``"..., forward_time=0.525, ..."``)."""
+    match = re.search(rf"\b{key}=([0-9.e+-]+)", stats)
+    return float(match.group(1)) if match else float("nan")
+
+
 def peak_memory_gb(log_text: str) -> float:
     """Largest gpu_max_cached_mem_GB that ESPnet's trainer logged."""
     values = [float(v) for v in re.findall(r"gpu_max_cached_mem_GB=([0-9.]+)", log_text)]
@@ -123,6 +129,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: asr_train failed (exit {result.returncode}); log: {log_path}")
     # "[train] ..., time=3 minutes and 2.5 seconds, total_count=..." (the train part)
     epoch_times = re.findall(r"1epoch results: \[train\].*?, time=([^,]+),", log_text)
+    train_stats = re.findall(r"1epoch results: \[train\](.*?), time=", log_text)
     row = {
         "config": os.path.basename(args.config),
         "ngpu": args.ngpu,
@@ -131,6 +138,10 @@ def main(argv=None) -> None:
         "wall_seconds": round(wall, 1),
         "espnet_epoch_time": epoch_times[-1] if epoch_times else "n/a",
         "peak_gpu_mem_gb": peak_memory_gb(log_text),
+        # ESPnet's means: forward/backward_time per batch (host time: CUDA runs
+        # asynchronously), train_time per optimizer step (accum_grad batches, wall time)
+        **{key: step_stat(train_stats[-1], key) if train_stats else float("nan")
+           for key in ("iter_time", "forward_time", "backward_time", "train_time")},
     }
     card = "CPU"
     try:
@@ -143,10 +154,12 @@ def main(argv=None) -> None:
     table = "\n".join([
         f"One ESPnet training epoch, {card}, {datetime.date.today()}",
         "",
-        "| config | GPUs | utterances | audio (h) | wall incl. start-up (s) | ESPnet epoch time | peak GPU memory (GB, per GPU) |",
-        "|---|---|---|---|---|---|---|",
+        "| config | GPUs | utterances | audio (h) | wall incl. start-up (s) | ESPnet epoch time "
+        "| peak GPU memory (GB, per GPU) | forward / backward per batch (s) | train_time per step (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {row['config']} | {row['ngpu']} | {row['utterances']} | {row['audio_hours']} | "
-        f"{row['wall_seconds']} | {row['espnet_epoch_time']} | {row['peak_gpu_mem_gb']} |",
+        f"{row['wall_seconds']} | {row['espnet_epoch_time']} | {row['peak_gpu_mem_gb']} | "
+        f"{row['forward_time']} / {row['backward_time']} | {row['train_time']} |",
     ])
     print(table)
     Path(args.out).write_text(table + "\n")

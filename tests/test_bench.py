@@ -1,6 +1,7 @@
 """The GPU benchmarks of bench/ on the CPU: their small modes run, and the paper configs they load build."""
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -40,3 +41,19 @@ def test_bench_hubert_builds_paper_configs(kind, expected_millions):
     assert n_classes == 100 and path.name == f"{kind}_it1.yaml"
     assert expected_millions[0] < millions < expected_millions[1]
     assert len(model.encoder.encoders) == 12
+
+
+def test_bench_asr_epoch_reads_espnet_statistics():
+    bench_asr_epoch = _load("bench_asr_epoch")
+    log = (
+        "INFO: 1epoch results: [train] iter_time=0.035, forward_time=0.3, loss=135.4, "
+        "backward_time=0.185, train_time=44.441, time=1 minute and 32.15 seconds, total_count=11, "
+        "gpu_max_cached_mem_GB=23.711, [valid] loss=160.8, time=2.1 seconds, gpu_max_cached_mem_GB=24.5\n"
+    )
+    stats = log.split("[train]")[1].split(", time=")[0]
+    assert bench_asr_epoch.step_stat(stats, "forward_time") == 0.3
+    assert bench_asr_epoch.step_stat(stats, "train_time") == 44.441
+    # "time" is not read out of "iter_time" or "train_time"; a missing key is nan
+    assert math.isnan(bench_asr_epoch.step_stat(stats, "time"))
+    assert math.isnan(bench_asr_epoch.step_stat(stats, "optim_step_time"))
+    assert bench_asr_epoch.peak_memory_gb(log) == 24.5
