@@ -18,10 +18,9 @@ import argparse
 import datetime
 import json
 import os
-import statistics
-import time
 
 import torch
+from step_timing import median_step_time
 
 FRAMES_PER_SECOND = 100
 FEATURE_DIM = 80
@@ -78,30 +77,8 @@ def make_step(encoder, batch: int, seconds: float, device, dtype):
 
 
 def time_step(encoder, batch: int, seconds: float, device, dtype, warmup: int, repeats: int):
-    """Median forward+backward seconds and peak memory (bytes) of one training step."""
-    step = make_step(encoder, batch, seconds, device, dtype)
-    for _ in range(warmup):
-        step()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        peak = float("nan")
-    return statistics.median(times), peak
+    """Median forward+backward seconds and peak memory (bytes above the model's) of one training step."""
+    return median_step_time(make_step(encoder, batch, seconds, device, dtype), device, warmup, repeats)
 
 
 def profile_step(encoder, batch: int, seconds: float, device, dtype, path: str) -> None:

@@ -22,13 +22,12 @@ import argparse
 import copy
 import datetime
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
+from step_timing import median_step_time
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "egs2" / "librispeech_100" / "mamba_mi" / "conf" / "ssl"
@@ -75,27 +74,7 @@ def time_step(model, n_classes: int, batch: int, seconds: float, device, dtype, 
         optim.step()
         optim.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        peak = float("nan")
-    return statistics.median(times), peak
+    return median_step_time(step, device, warmup, repeats, peak_above_start=False)
 
 
 def main(argv=None) -> int:

@@ -11,9 +11,9 @@ Usage: python bench/check_scan_backends.py --out docs/scan_backends.md   (needs 
 
 import argparse
 import datetime
-import statistics
 
 import torch
+from step_timing import median_step_time
 
 from espnet_mamba.nn.mamba import Mamba
 from espnet_mamba.nn.selective_scan import cuda_scan_available, selective_scan
@@ -53,22 +53,14 @@ def relative_error(a, b):
 
 
 def time_scan(inputs, backend, repeats=10):
+    """Median milliseconds of the scan's forward+backward on CUDA with ``backend``."""
     leaves = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
 
     def step():
         y = selective_scan(**leaves, delta_softplus=True, backend=backend)
         y.sum().backward()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_step_time(step, torch.device("cuda"), warmup=1, repeats=repeats)[0] * 1000
 
 
 def main(argv=None) -> None:

@@ -12,6 +12,9 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _load(name: str):
+    """Imports bench/<name>.py as its script run would (bench/ on the path, for step_timing)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -57,3 +60,10 @@ def test_bench_asr_epoch_reads_espnet_statistics():
     assert math.isnan(bench_asr_epoch.step_stat(stats, "time"))
     assert math.isnan(bench_asr_epoch.step_stat(stats, "optim_step_time"))
     assert bench_asr_epoch.peak_memory_gb(log) == 24.5
+
+
+def test_median_step_time_runs_warmup_then_timed_steps_on_cpu():
+    step_timing = _load("step_timing")
+    calls = []
+    seconds, peak = step_timing.median_step_time(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=5)
+    assert len(calls) == 7 and seconds >= 0 and math.isnan(peak)
