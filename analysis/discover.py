@@ -66,8 +66,9 @@ class ModelEntry:
     Attributes:
         name: Path of the directory relative to ``exp/`` (``/``-separated); unique.
         path: The directory.
-        kind: Extractor name (``"espnet-asr"``, ``"espnet-ssl"``, ``"ssamba"``) or
-            None when the directory is not a model we measure.
+        kind: Extractor name (``"espnet-asr"``, ``"espnet-ssl"``, ``"espnet-hubert"``,
+            ``"ssamba"``), ``"unknown"`` when the config cannot be read (``problem``
+            says why), or None when the directory is not a model we measure.
         config_path: Its config file, if any.
         checkpoint: The chosen checkpoint file, or None when there is none.
         config: The parsed config (a dict) when it could be read.
@@ -286,12 +287,10 @@ def discover_models(
             continue
         if "config.yaml" not in files:
             continue
-        entry = _model_entry(exp_dir, root_path, root_path / "config.yaml")
-        if patterns and not any(
-            fnmatch.fnmatch(entry.name, p) or fnmatch.fnmatch(root_path.name, p) for p in patterns
-        ):
+        name = root_path.relative_to(exp_dir).as_posix()
+        if patterns and not any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(root_path.name, p) for p in patterns):
             continue
-        entries.append(entry)
+        entries.append(_model_entry(exp_dir, root_path, root_path / "config.yaml"))
     return sorted(entries, key=lambda e: e.name)
 
 

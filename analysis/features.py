@@ -295,6 +295,14 @@ def _layer_outputs_with_hooks(encoder: torch.nn.Module, feats: torch.Tensor, len
     return hs, olens
 
 
+def _ssl_layers(ssl_model, model: torch.nn.Module, wavs, device) -> List[List[torch.Tensor]]:
+    """``[X, T_1..T_N]`` of each waveform from :func:`espnet_mamba.ssl.model.ssl_hidden_states` (real frames)."""
+    lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long, device=device)
+    speech = torch.nn.utils.rnn.pad_sequence(list(wavs), batch_first=True).to(device)
+    hs, olens = ssl_model.ssl_hidden_states(model, speech, lengths)
+    return [[h[b, : int(olens[b])].float().cpu() for h in hs] for b in range(len(wavs))]
+
+
 def _encoder_has_layers(encoder) -> bool:
     if encoder is None:
         return False
@@ -302,15 +310,6 @@ def _encoder_has_layers(encoder) -> bool:
         return True
     blocks = getattr(encoder, "encoders", None)
     return isinstance(blocks, (torch.nn.ModuleList, torch.nn.Sequential)) and len(blocks) > 0
-
-
-def _count_blocks(encoder) -> int:
-    """Number of blocks of an encoder (``encoders``, ``layers`` or ``blocks`` module list)."""
-    for name in ("encoders", "layers", "blocks"):
-        blocks = getattr(encoder, name, None)
-        if isinstance(blocks, (torch.nn.ModuleList, torch.nn.Sequential)):
-            return len(blocks)
-    raise ExtractionError(f"{type(encoder).__name__}: cannot count its blocks (no encoders/layers/blocks list)")
 
 
 @register_extractor("espnet-asr")
@@ -383,7 +382,14 @@ class EspnetExtractor(LayerExtractor):
         has_layers = _encoder_has_layers(self.encoder)
         if self.upstream is None and not has_layers:
             raise ExtractionError(f"model {entry.name}: encoder {type(self.encoder).__name__} exposes no layers")
-        self.encoder_layers = _count_blocks(self.encoder) if has_layers else 0
+        self.encoder_layers = 0
+        if has_layers:
+            from espnet_mamba.ssl.model import num_encoder_layers
+
+            try:
+                self.encoder_layers = num_encoder_layers(self.encoder)
+            except ValueError as e:
+                raise ExtractionError(f"model {entry.name}: {e}") from e
         if self.upstream is not None:
             n_up = self.upstream.num_layers - 1
             self.layer_names = ["X"] + [f"up{i}" for i in range(1, n_up + 1)]
@@ -435,6 +441,10 @@ class EspnetExtractor(LayerExtractor):
     def _s3prl_frontend(self, front, speech, lengths):
         """The S3PRL frontend's output and the upstream's own hidden states (real frames only)."""
         upstream = front.upstream
+        # The upstream runs twice: S3PRLUpstream.forward pads its hidden states to
+        # ceil(samples / stride) frames by repeating the last frame (and zero-pads audio
+        # under 0.05 s), so the layers are taken from the expert itself (true frames
+        # only), and the encoder input from the wrapper (what the model was trained on).
         expert_hs = upstream.upstream([speech[0]])["hidden_states"]
         layers = [h[0] for h in expert_hs]
         all_hs, all_lens = upstream(speech, lengths)
@@ -462,26 +472,20 @@ class EspnetExtractor(LayerExtractor):
     @torch.no_grad()
     def extract(self, wavs, utt_ids):
         if self.wrapped_ssl:
-            lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long, device=self.device)
-            speech = torch.nn.utils.rnn.pad_sequence(list(wavs), batch_first=True).to(self.device)
-            hs, olens = self._ssl.ssl_hidden_states(self.encoder, speech, lengths)
-            return [[h[b, : int(olens[b])].float().cpu() for h in hs] for b in range(len(wavs))]
+            return _ssl_layers(self._ssl, self.encoder, wavs, self.device)
         inputs = [self._encoder_input(w) for w in wavs]
         feats = [f for f, _ in inputs]
-        out = []
         if self.upstream is None:
-            groups = [list(range(len(feats)))] if self.padding_safe else [[i] for i in range(len(feats))]
-            per_utt: Dict[int, List[torch.Tensor]] = {}
-            for group in groups:
-                for i, layers in zip(group, self._encoder_layers([feats[i] for i in group])):
-                    per_utt[i] = layers
-            out = [per_utt[i] for i in range(len(feats))]
+            if self.padding_safe:
+                out = self._encoder_layers(feats)
+            else:
+                out = [self._encoder_layers([f])[0] for f in feats]
         else:
+            out = []
             for f, (_, up_layers) in zip(feats, inputs):
                 layers = list(up_layers)
                 if self.encoder_layers:
-                    enc = self._encoder_layers([f])[0]
-                    layers += enc[1:]
+                    layers += self._encoder_layers([f])[0][1:]
                 out.append(layers)
         return [[t.float().cpu() for t in layers] for layers in out]
 
@@ -518,10 +522,7 @@ class EspnetSslExtractor(LayerExtractor):
 
     @torch.no_grad()
     def extract(self, wavs, utt_ids):
-        lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long, device=self.device)
-        speech = torch.nn.utils.rnn.pad_sequence(list(wavs), batch_first=True).to(self.device)
-        hs, olens = self._ssl.ssl_hidden_states(self.model, speech, lengths)
-        return [[h[b, : int(olens[b])].float().cpu() for h in hs] for b in range(len(wavs))]
+        return _ssl_layers(self._ssl, self.model, wavs, self.device)
 
 
 @register_extractor("ssamba")
@@ -651,9 +652,6 @@ class FeatureStore:
     def __len__(self) -> int:
         return len(self.utt_ids)
 
-    def num_layers(self, utt_id: str) -> int:
-        return len(self._utts[self._index[utt_id]]["arrays"])
-
     def get(self, utt_id: str, layer: int) -> np.ndarray:
         """Array ``layer`` (0 = X) of an utterance, ``(n, d)`` float16/float32, read-only."""
         offset, dtype, shape = self._utts[self._index[utt_id]]["arrays"][layer]
@@ -661,13 +659,10 @@ class FeatureStore:
         item = np.dtype(dtype).itemsize
         return self._data[offset: offset + count * item].view(dtype).reshape(shape)
 
-    def frames(self, utt_id: str, layer: int = 0) -> int:
-        return int(self._utts[self._index[utt_id]]["arrays"][layer][2][0])
 
-
-def _batches(items: Sequence, lengths: Sequence[int], batch_size: int) -> Iterator[List[int]]:
+def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[List[int]]:
     """Indices grouped into batches of similar length (longest first)."""
-    order = sorted(range(len(items)), key=lambda i: -lengths[i])
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
 
@@ -732,7 +727,7 @@ def extract_features(
     writer = FeatureWriter(cache_path, dtype=cache_dtype)
     try:
         step = batch_size if extractor.padding_safe else 1
-        for batch in _batches(utterances, [len(w) for w in wavs], step):
+        for batch in _batches([len(w) for w in wavs], step):
             ids = [utterances[i][0] for i in batch]
             try:
                 outputs = extractor.extract([wavs[i] for i in batch], ids)

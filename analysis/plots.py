@@ -78,9 +78,8 @@ def plot_curves(models: Sequence[dict], path_stem, title: str = "", floor: float
         low = np.array([r["ci_low"] for r in rows], dtype=float)
         high = np.array([r["ci_high"] for r in rows], dtype=float)
         color = f"C{k % 10}"
-        shown = np.log10(np.clip(np.nan_to_num(mean, nan=floor), floor, None))
-        band_low = np.log10(np.clip(np.nan_to_num(low, nan=floor), floor, None))
-        band_high = np.log10(np.clip(np.nan_to_num(high, nan=floor), floor, None))
+        shown, band_low, band_high = (np.log10(np.clip(np.nan_to_num(v, nan=floor), floor, None))
+                                      for v in (mean, low, high))
         ax.plot(index, shown, "-", color=color, label=_label(model))
         clipped = ~(mean > floor)
         ax.plot(index[~clipped], shown[~clipped], "o", color=color, markersize=4)
@@ -98,7 +97,7 @@ def plot_curves(models: Sequence[dict], path_stem, title: str = "", floor: float
     step = max(1, math.ceil(max_layers / 12))
     ticks = list(range(1, max_layers + 1, step))
     ax.set_xticks(ticks)
-    ax.set_xticklabels([tick_labels.get(t, str(t)) for t in ticks], rotation=45 if step == 1 and max_layers > 12 else 0)
+    ax.set_xticklabels([tick_labels.get(t, str(t)) for t in ticks])
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)

@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from analysis import stats
+
 __all__ = [
     "CSV_COLUMNS",
     "atomic_write_text",
@@ -85,8 +87,6 @@ def summarize_layers(
     Raises:
         ValueError: Shapes disagree.
     """
-    from analysis import stats
-
     estimates = np.asarray(estimates, dtype=np.float64)
     n_frames = np.asarray(n_frames, dtype=np.float64)
     if estimates.ndim != 2 or estimates.shape != n_frames.shape or estimates.shape[1] != len(layer_names):
@@ -100,12 +100,12 @@ def summarize_layers(
         frames = n_frames[ok, j]
         row = {"layer": name, "index": j + 1, "n_utts": int(ok.sum())}
         if values.size:
-            low, high = stats.bootstrap_ci(values, level=0.95, n_boot=n_boot, seed=seed + j)
+            summary = stats.summarize_layers(values, level=0.95, n_boot=n_boot, seed=seed + j)
             row.update(
-                mean_mi=float(values.mean()),
-                std_mi=float(values.std(ddof=1)) if values.size > 1 else 0.0,
-                ci_low=float(low[0]),
-                ci_high=float(high[0]),
+                mean_mi=float(summary.mean[0]),
+                std_mi=float(summary.std[0]),
+                ci_low=float(summary.ci_low[0]),
+                ci_high=float(summary.ci_high[0]),
                 mean_log_n=float(np.log(frames).mean()),
                 near_log_n=int(np.sum(stats.near_log_n(values, frames, margin=near_margin))),
             )
@@ -132,8 +132,6 @@ def trend(estimates: np.ndarray, layer_names: Sequence[str], seed: int = 0,
         seed: Bootstrap seed.
         n_boot: Bootstrap resamples.
     """
-    from analysis import stats
-
     estimates = np.asarray(estimates, dtype=np.float64)
     complete = estimates[np.isfinite(estimates).all(axis=1)]
     if estimates.shape[1] < 3:

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from analysis import discover, features, plots, report
+from analysis._rng import derive_seed
 from analysis.engine import estimate_mi_batched
 from analysis.mi import ESTIMATORS, MIOptions, resolve_device
 
@@ -248,8 +249,6 @@ def _problem_pair(store: features.FeatureStore, utt: str, layer: int, max_frames
 
 def _estimate(entry, store, args, opts: MIOptions, out_dir: Path, show_bar: bool):
     """Per-utterance estimates ``(U, L)`` and frames ``(U, L)``, resuming from saved ones."""
-    from analysis._rng import derive_seed
-
     layer_names = list(store.meta["layer_names"])[1:]
     identity = {
         "features": _digest(store.meta.get("identity")),

@@ -1,12 +1,18 @@
 """S3PRL entry points (hub functions) for mamba-mi HuBERT checkpoints.
 
-Each function takes the checkpoint path as ``ckpt`` (S3PRL's ``path_or_url``) and,
-from S3PRL's ``extra_conf``, the optional ``config`` path and ``always_eval``; the
-names end in ``_local`` as S3PRL's names for local checkpoints do.
-
 - ``mamba_hubert_local``: Mamba-HuBERT (ConBiMamba encoder) only.
 - ``transformer_hubert_local``: the Transformer HuBERT baseline only.
 - ``mamba_mi_hubert_local``: either, as the checkpoint's config says.
+
+S3PRL needs one function per name; all three take the same arguments:
+
+- ``ckpt``: the model file (S3PRL's ``path_or_url``); the training ``config.yaml``
+  is read from the same directory unless ``config`` names it;
+- ``config``, ``always_eval`` (from S3PRL's ``extra_conf``): see
+  :class:`s3prl_upstream.expert.UpstreamExpert`;
+- ``refresh``: ignored (nothing is downloaded).
+
+The names end in ``_local`` as S3PRL's names for local checkpoints do.
 """
 
 from typing import Optional
@@ -25,39 +31,15 @@ def _expert(ckpt: Optional[str], config: Optional[str], encoder: Optional[str], 
 
 
 def mamba_hubert_local(ckpt: str = None, config: str = None, always_eval: bool = True, refresh: bool = False):
-    """Mamba-HuBERT from a local ESPnet SSL checkpoint (encoder ``conbimamba``).
-
-    Args:
-        ckpt: Model file; ``config.yaml`` is read from the same directory.
-        config: Training config, if it is elsewhere.
-        always_eval: Keep the model in eval mode (a frozen upstream); see
-            :class:`s3prl_upstream.expert.UpstreamExpert`.
-        refresh: Ignored (nothing is downloaded).
-    """
+    """Mamba-HuBERT from a local ESPnet SSL checkpoint (encoder ``conbimamba``); see the module docstring."""
     return _expert(ckpt, config, "conbimamba", "mamba_hubert_local", always_eval)
 
 
 def transformer_hubert_local(ckpt: str = None, config: str = None, always_eval: bool = True, refresh: bool = False):
-    """Transformer HuBERT from a local ESPnet SSL checkpoint (encoder ``transformer``).
-
-    Args:
-        ckpt: Model file; ``config.yaml`` is read from the same directory.
-        config: Training config, if it is elsewhere.
-        always_eval: Keep the model in eval mode (a frozen upstream); see
-            :class:`s3prl_upstream.expert.UpstreamExpert`.
-        refresh: Ignored (nothing is downloaded).
-    """
+    """Transformer HuBERT from a local ESPnet SSL checkpoint (encoder ``transformer``); see the module docstring."""
     return _expert(ckpt, config, "transformer", "transformer_hubert_local", always_eval)
 
 
 def mamba_mi_hubert_local(ckpt: str = None, config: str = None, always_eval: bool = True, refresh: bool = False):
-    """Mamba-HuBERT or Transformer HuBERT, whichever the checkpoint's config names.
-
-    Args:
-        ckpt: Model file; ``config.yaml`` is read from the same directory.
-        config: Training config, if it is elsewhere.
-        always_eval: Keep the model in eval mode (a frozen upstream); see
-            :class:`s3prl_upstream.expert.UpstreamExpert`.
-        refresh: Ignored (nothing is downloaded).
-    """
+    """Mamba-HuBERT or Transformer HuBERT, whichever the checkpoint's config names; see the module docstring."""
     return _expert(ckpt, config, None, "mamba_mi_hubert_local", always_eval)

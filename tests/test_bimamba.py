@@ -126,6 +126,8 @@ def test_bimamba_padding_invariance():
     assert torch.equal(layer(batch, mask=mask[:, None]), out)
     with pytest.raises(ValueError, match="not both"):
         layer(batch, lengths=lengths, mask=mask)
+    with pytest.raises(ValueError, match=r"lie in \[0, 50\]"):
+        layer(batch, lengths=lengths + 1)
 
 
 def test_bimamba_with_shared_padding():
@@ -170,6 +172,9 @@ def test_masked_convolution_module_padding_invariance(use_batch_norm):
     seqs, batch, lengths = padded_batch(LENGTHS, 8)
     out = module(batch, lengths)
     assert_matches_alone(module, seqs, out, lengths)
+    assert torch.equal(module(batch, padding=Padding(lengths, batch.shape[1])), out)
+    with pytest.raises(ValueError, match="not both"):
+        module(batch, lengths, padding=Padding(lengths, batch.shape[1]))
 
 
 @pytest.mark.parametrize("kernel_size", [0, 4, 2.0])

@@ -8,7 +8,6 @@ from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet_mamba import encoder as encoder_module
 from espnet_mamba.encoder import ConBiMambaEncoder
 from espnet_mamba.nn import bimamba as bimamba_module
-from espnet_mamba.nn import conbimamba_layer as layer_module
 
 SMALL = dict(output_size=16, linear_units=32, num_blocks=2, cnn_module_kernel=5, d_state=4)
 
@@ -113,7 +112,6 @@ def test_padding_is_built_once_per_forward(monkeypatch):
 
     monkeypatch.setattr(encoder_module, "Padding", CountingPadding)
     monkeypatch.setattr(bimamba_module, "Padding", CountingPadding)
-    monkeypatch.setattr(layer_module, "Padding", CountingPadding)
     seen = []
     encoder = make_encoder(num_blocks=3).train()
     for block in encoder.encoders:

@@ -141,6 +141,8 @@ def test_batched_extraction_equals_one_at_a_time(recipe, model):
     entry = {e.name: e for e in discover.discover_models(recipe / "exp")}[model]
     extractor = features.build_extractor(entry, "cpu")
     assert extractor.layer_names == ["X", "1", "2", "3"]
+    # ConBiMamba (forward_layers) runs padded batches; the Conformer (hooks) runs one at a time.
+    assert extractor.padding_safe == (model == "asr_conbimamba_dec")
     utts = discover.select_utterances(discover.default_wav_scps(recipe / "exp"), 5, seed=0)
     wavs = _wavs(recipe, utts)
     ids = [u for u, _ in utts]

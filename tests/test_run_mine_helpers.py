@@ -51,10 +51,9 @@ CONFORMER = dict(output_size=16, linear_units=16, num_blocks=3, attention_heads=
                  dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0)
 
 
-def make_asr_model(model_dir: Path, encoder="conbimamba", encoder_conf=None, decoder=True,
-                   checkpoint="valid.acc.ave.pth", seed=0):
-    """Build a tiny ASR model, save ``config.yaml`` and a checkpoint; returns the model."""
-    task, args = _asr_args(encoder, encoder_conf or CONBIMAMBA, decoder)
+def _build_and_save(task, args, model_dir, checkpoint: str, seed: int):
+    """Build ``task``'s model from ``args`` (seeded), write ``config.yaml`` as ESPnet does and the
+    checkpoint; returns the model."""
     torch.manual_seed(seed)
     model = task.build_model(args).eval()
     model_dir = Path(model_dir)
@@ -63,6 +62,13 @@ def make_asr_model(model_dir: Path, encoder="conbimamba", encoder_conf=None, dec
         yaml.safe_dump(vars(args), f, sort_keys=False)
     torch.save(model.state_dict(), model_dir / checkpoint)
     return model
+
+
+def make_asr_model(model_dir: Path, encoder="conbimamba", encoder_conf=None, decoder=True,
+                   checkpoint="valid.acc.ave.pth", seed=0):
+    """Build a tiny ASR model, save ``config.yaml`` and a checkpoint; returns the model."""
+    task, args = _asr_args(encoder, encoder_conf or CONBIMAMBA, decoder)
+    return _build_and_save(task, args, model_dir, checkpoint, seed)
 
 
 def write_data(root: Path, sets=("dev_clean", "test_clean"), per_set=4, seed=0):
@@ -142,14 +148,7 @@ def make_ssl_model(model_dir: Path, encoder="conbimamba", seed=0):
                                  attention_dropout_rate=0.0)
     args.loss = [{"name": "hubert", "conf": {"num_classes": 8, "final_dim": 8}}]
     args.util = [{"name": "mask", "conf": {"mask_prob": 0.5, "mask_length": 2}}]
-    torch.manual_seed(seed)
-    model = SSLTask.build_model(args).eval()
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with (model_dir / "config.yaml").open("w", encoding="utf-8") as f:
-        yaml.safe_dump(vars(args), f, sort_keys=False)
-    torch.save(model.state_dict(), model_dir / "latest.pth")
-    return model
+    return _build_and_save(SSLTask, args, model_dir, "latest.pth", seed)
 
 
 def make_upstream_asr_model(model_dir: Path, upstream_ckpt: str, num_blocks=2, input_layer="conv2d2", seed=0):
@@ -164,14 +163,7 @@ def make_upstream_asr_model(model_dir: Path, upstream_ckpt: str, num_blocks=2, i
     args.frontend_conf = {"frontend_conf": {"upstream": "mamba_mi_hubert_local", "path_or_url": upstream_ckpt},
                           "multilayer_feature": True}
     args.normalize = None
-    torch.manual_seed(seed)
-    model = task.build_model(args).eval()
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with (model_dir / "config.yaml").open("w", encoding="utf-8") as f:
-        yaml.safe_dump(vars(args), f, sort_keys=False)
-    torch.save(model.state_dict(), model_dir / "valid.loss.ave.pth")
-    return model
+    return _build_and_save(task, args, model_dir, "valid.loss.ave.pth", seed)
 
 
 def make_finetuned_model(model_dir: Path, ssl_ckpt: str, seed=0):
@@ -180,14 +172,7 @@ def make_finetuned_model(model_dir: Path, ssl_ckpt: str, seed=0):
     task, args = _asr_args("hubert_finetune", {"ssl_model": ssl_ckpt}, decoder=False)
     args.input_size = 1
     args.normalize = None
-    torch.manual_seed(seed)
-    model = task.build_model(args).eval()
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with (model_dir / "config.yaml").open("w", encoding="utf-8") as f:
-        yaml.safe_dump(vars(args), f, sort_keys=False)
-    torch.save(model.state_dict(), model_dir / "valid.loss.ave.pth")
-    return model
+    return _build_and_save(task, args, model_dir, "valid.loss.ave.pth", seed)
 
 
 def make_stage12_recipe(root: Path, per_set=2):

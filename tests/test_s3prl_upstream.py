@@ -10,6 +10,8 @@ regenerate them (after an intended change of the models), run
 
 import argparse
 import copy
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -299,13 +301,18 @@ def test_missing_files_and_path(tmp_path):
 
 
 def test_espnet_entry_points_register_the_upstreams():
-    import s3prl.hub
-    from espnet2.tasks.asr import encoder_choices, frontend_choices
-
-    for name in s3prl_upstream.UPSTREAM_NAMES:
-        assert callable(getattr(s3prl.hub, name))
-    assert "hubert_finetune" in encoder_choices.classes
-    assert "s3prl" in frontend_choices.classes
+    # in a fresh interpreter: this module's `import s3prl_upstream` registers them already
+    code = (
+        "import espnet_mamba.tasks, s3prl.hub, sys\n"
+        "from espnet2.tasks.asr import encoder_choices, frontend_choices\n"
+        f"assert all(callable(getattr(s3prl.hub, n)) for n in {s3prl_upstream.UPSTREAM_NAMES!r})\n"
+        "assert 'hubert_finetune' in encoder_choices.classes and 's3prl' in frontend_choices.classes\n"
+        "assert 's3prl_upstream' in sys.modules\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_espnet_s3prl_frontend_trains_one_step(tmp_path, encoder):

@@ -3,7 +3,7 @@
 The selective scan itself lives in :mod:`espnet_mamba.nn.selective_scan`.
 """
 
-from espnet_mamba.nn.bimamba import BiMamba, lengths_from_mask, reverse_padded
+from espnet_mamba.nn.bimamba import BiMamba, Padding, lengths_from_mask, reverse_padded
 from espnet_mamba.nn.conbimamba_layer import ConBiMambaLayer, MaskedConvolutionModule
 from espnet_mamba.nn.mamba import Mamba
 
@@ -12,6 +12,7 @@ __all__ = [
     "ConBiMambaLayer",
     "Mamba",
     "MaskedConvolutionModule",
+    "Padding",
     "lengths_from_mask",
     "reverse_padded",
 ]

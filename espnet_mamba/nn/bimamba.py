@@ -18,7 +18,7 @@ from torch import nn
 
 from espnet_mamba.nn.mamba import Mamba
 
-__all__ = ["BiMamba", "Padding", "lengths_from_mask", "reverse_padded"]
+__all__ = ["BiMamba", "Padding", "lengths_from_mask", "resolve_padding", "reverse_padded"]
 
 
 def _reverse_index(lengths: torch.Tensor, length: int) -> torch.Tensor:
@@ -116,10 +116,8 @@ class Padding:
         self.max_len = int(max_len)
         self.lengths = lengths.long().clamp(0, self.max_len)
         t = torch.arange(self.max_len, device=lengths.device)
-        column = self.lengths.unsqueeze(1)
-        pad = t >= column  # (B, T)
-        self.pad = pad.unsqueeze(2)
-        self.reverse_index = torch.where(pad, t, (column - 1) - t).unsqueeze(2)
+        self.pad = (t >= self.lengths.unsqueeze(1)).unsqueeze(2)
+        self.reverse_index = _reverse_index(self.lengths, self.max_len).unsqueeze(2)
         self._expanded: Dict[int, torch.Tensor] = {}
         self._valid: Dict[torch.dtype, torch.Tensor] = {}
 
@@ -153,6 +151,36 @@ class Padding:
             index = self.reverse_index.expand(-1, -1, size)
             self._expanded[size] = index
         return x.gather(1, index)
+
+
+def resolve_padding(
+    x: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
+    padding: Optional[Padding] = None,
+) -> Optional[Padding]:
+    """The :class:`Padding` of ``x`` ``(B, T, D)`` from one of mask, lengths or padding.
+
+    Returns None when none is given (every frame is valid). The values of
+    ``lengths`` are checked only when they are on the CPU: reading GPU lengths would
+    stall the host until the GPU has caught up.
+    """
+    batch, length = x.shape[:2]
+    if sum(arg is not None for arg in (mask, lengths, padding)) > 1:
+        raise ValueError("give mask, lengths or padding, not both")
+    if padding is not None:
+        padding.check(x)
+        return padding
+    if mask is not None:
+        lengths = lengths_from_mask(mask)
+    if lengths is None:
+        return None
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must be ({batch},), got shape {tuple(lengths.shape)}")
+    if lengths.device.type == "cpu" and len(lengths) > 0:
+        if int(lengths.min()) < 0 or int(lengths.max()) > length:
+            raise ValueError(f"lengths must lie in [0, {length}], got {lengths.tolist()}")
+    return Padding(lengths.to(x.device, non_blocking=True), length)
 
 
 class BiMamba(nn.Module):
@@ -216,25 +244,14 @@ class BiMamba(nn.Module):
             (finite values that never reach a valid frame): a caller that shares
             one :class:`Padding` among many layers masks once, where it needs to.
         """
-        if sum(arg is not None for arg in (lengths, mask, padding)) > 1:
-            raise ValueError("give lengths, mask or padding, not both")
-        zero_padding = padding is None and (lengths is not None or mask is not None)
-        if mask is not None:
-            lengths = lengths_from_mask(mask)
-        if lengths is not None:
-            if lengths.shape != (x.shape[0],):
-                raise ValueError(
-                    f"lengths must be ({x.shape[0]},), got shape {tuple(lengths.shape)}"
-                )
-            padding = Padding(lengths.to(x.device), x.shape[1])
-        elif padding is not None:
-            padding.check(x)
+        shared = padding is not None  # the caller zeroes padding where it needs to
+        padding = resolve_padding(x, mask, lengths, padding)
         forward_out = self.mamba_fwd(x)
         if padding is None:
             backward_out = self.mamba_bwd(x.flip(1)).flip(1)
         else:
             backward_out = padding.reverse(self.mamba_bwd(padding.reverse(x)))
         out = self.out_proj(torch.cat((forward_out, backward_out), dim=-1))
-        if zero_padding:
+        if padding is not None and not shared:
             out = out.masked_fill(padding.pad, 0.0)
         return out

@@ -34,39 +34,9 @@ from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (
 from torch import nn
 from torch.nn import functional as F
 
-from espnet_mamba.nn.bimamba import BiMamba, Padding, lengths_from_mask
+from espnet_mamba.nn.bimamba import BiMamba, Padding, resolve_padding
 
 __all__ = ["ConBiMambaLayer", "MaskedConvolutionModule"]
-
-
-def _resolve_padding(
-    x: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    lengths: Optional[torch.Tensor],
-    padding: Optional[Padding],
-) -> Optional[Padding]:
-    """The :class:`Padding` of ``x`` ``(B, T, D)`` from one of mask, lengths or padding.
-
-    Returns None when none is given (every frame is valid). The values of
-    ``lengths`` are checked only when they are on the CPU: reading GPU lengths would
-    stall the host until the GPU has caught up.
-    """
-    batch, length = x.shape[:2]
-    if sum(arg is not None for arg in (mask, lengths, padding)) > 1:
-        raise ValueError("give mask, lengths or padding, not both")
-    if padding is not None:
-        padding.check(x)
-        return padding
-    if mask is not None:
-        lengths = lengths_from_mask(mask)
-    if lengths is None:
-        return None
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths must be ({batch},), got shape {tuple(lengths.shape)}")
-    if lengths.device.type == "cpu" and len(lengths) > 0:
-        if int(lengths.min()) < 0 or int(lengths.max()) > length:
-            raise ValueError(f"lengths must lie in [0, {length}], got {lengths.tolist()}")
-    return Padding(lengths.to(x.device, non_blocking=True), length)
 
 
 class MaskedConvolutionModule(nn.Module):
@@ -136,12 +106,7 @@ class MaskedConvolutionModule(nn.Module):
         Returns:
             ``(B, T, C)``.
         """
-        if lengths is not None:
-            if padding is not None:
-                raise ValueError("give lengths or padding, not both")
-            padding = Padding(lengths.to(x.device), x.shape[1])
-        elif padding is not None:
-            padding.check(x)
+        padding = resolve_padding(x, lengths=lengths, padding=padding)
         conv1, conv2 = self.pointwise_conv1, self.pointwise_conv2
         x = F.linear(x, conv1.weight.squeeze(2), conv1.bias)  # (B, T, 2C)
         x = F.glu(x, dim=-1)  # (B, T, C)
@@ -257,7 +222,7 @@ class ConBiMambaLayer(nn.Module):
             raise ValueError(
                 f"ConBiMambaLayer expects input (B, T, {self.size}), got {tuple(x.shape)}"
             )
-        padding = _resolve_padding(x, mask, lengths, padding)
+        padding = resolve_padding(x, mask, lengths, padding)
         x = self._residual(x, self.norm_ff_macaron, self.feed_forward_macaron, 0.5)
         x = self._residual(
             x, self.norm_mamba, lambda h: self.bimamba(h, padding=padding)

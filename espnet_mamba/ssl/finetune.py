@@ -27,15 +27,14 @@ its count. With several GPUs, set ``unused_parameters: true``: the frozen part h
 no gradients during the first steps.
 """
 
-import argparse
 import contextlib
-import copy
 from typing import Optional, Tuple
 
 import torch
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
 
-from espnet_mamba.ssl.model import frontend_per_utterance, load_ssl_config, load_ssl_model
+from espnet_mamba.ssl.model import build_ssl_model, load_ssl_config, load_ssl_model, ssl_features
 
 __all__ = ["SSLFinetuneEncoder", "mask_channels"]
 
@@ -116,13 +115,9 @@ class SSLFinetuneEncoder(AbsEncoder):
         if ssl_model is None and ssl_config is None:
             raise ValueError("ssl_config or ssl_model must be given (the pretrained model to fine-tune)")
         if ssl_model is not None:
-            model, config = load_ssl_model(ssl_model, ssl_config)
+            model, _ = load_ssl_model(ssl_model, ssl_config)
         else:
-            import espnet_mamba.tasks  # noqa: F401  (registers conbimamba into the SSL task)
-            from espnet2.tasks.ssl import SSLTask
-
-            config, _ = load_ssl_config(model_file=ssl_config, config_file=ssl_config)
-            model = SSLTask.build_model(argparse.Namespace(**copy.deepcopy(config)))
+            model = build_ssl_model(load_ssl_config(ssl_config, ssl_config)[0])
 
         self.frontend = model.frontend
         for p in self.frontend.parameters():
@@ -183,18 +178,11 @@ class SSLFinetuneEncoder(AbsEncoder):
         if self.training:
             self.num_updates += 1
 
-        with torch.no_grad():
-            feats, lens = frontend_per_utterance(self.frontend, xs_pad, ilens)
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            if self.normalize is not None:
-                feats, lens = self.normalize(feats, lens)
-            if self.preencoder is not None:
-                feats, lens = self.preencoder(feats, lens)
-            from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
-
-            pad = make_pad_mask(lens, maxlen=feats.size(1)).to(feats.device)
-            feats = feats.masked_fill(pad.unsqueeze(-1), 0.0)
+            # the CNN's parameters never require grad, so it builds no graph here
+            feats, lens = ssl_features(self, xs_pad, ilens)
             if self.masking is not None and self.training:
+                pad = make_pad_mask(lens, maxlen=feats.size(1)).to(feats.device)
                 feats, _ = self.masking(feats, pad)
             if self.mask_channel_prob > 0 and self.training:
                 feats = mask_channels(feats, self.mask_channel_prob, self.mask_channel_length)

@@ -34,8 +34,8 @@ import yaml
 __all__ = [
     "NotOurCheckpointError",
     "SUPPORTED_ENCODERS",
+    "build_ssl_model",
     "check_ssl_config",
-    "downsample_rate",
     "encoder_layer_outputs",
     "frontend_per_utterance",
     "load_ssl_config",
@@ -48,8 +48,6 @@ __all__ = [
 # Encoders whose per-layer hidden states we know how to read.
 SUPPORTED_ENCODERS = ("conbimamba", "transformer")
 _SUPPORTED_FRONTENDS = ("wav2vec_cnn",)
-# ESPnet's CNNFrontend default: HuBERT-base's 7 conv layers, (channels, kernel, stride).
-_DEFAULT_CNN_SHAPES = ((512, 10, 5), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 2, 2), (512, 2, 2))
 
 
 class NotOurCheckpointError(ValueError):
@@ -114,15 +112,6 @@ def check_ssl_config(config, source: Union[str, Path] = "config") -> None:
         )
 
 
-def downsample_rate(config: dict) -> int:
-    """Samples per output frame of the CNN frontend described by ``config`` (320 for HuBERT)."""
-    shapes = (config.get("frontend_conf") or {}).get("shapes", _DEFAULT_CNN_SHAPES)
-    rate = 1
-    for _, _, stride in shapes:
-        rate *= int(stride)
-    return rate
-
-
 def _read_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
     if not model_file.is_file():
         raise FileNotFoundError(f"{model_file}: no such model file")
@@ -140,6 +129,14 @@ def _read_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NotOurCheckpointError(f"{model_file}: not a model state dict (a mapping of names to tensors expected)")
     return state
+
+
+def build_ssl_model(config: dict) -> torch.nn.Module:
+    """The ``ESPnetSSLModel`` that a (checked) SSL config describes, randomly initialised."""
+    import espnet_mamba.tasks  # noqa: F401  (registers conbimamba into the SSL task)
+    from espnet2.tasks.ssl import SSLTask
+
+    return SSLTask.build_model(argparse.Namespace(**copy.deepcopy(config)))
 
 
 def load_ssl_model(
@@ -172,11 +169,7 @@ def load_ssl_model(
             f"{config_path}: the checkpoint has encoder '{config['encoder']}', not '{expected_encoder}'"
         )
     state = _read_state_dict(model_file)
-
-    import espnet_mamba.tasks  # noqa: F401  (registers conbimamba into the SSL task)
-    from espnet2.tasks.ssl import SSLTask
-
-    model = SSLTask.build_model(argparse.Namespace(**copy.deepcopy(config)))
+    model = build_ssl_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

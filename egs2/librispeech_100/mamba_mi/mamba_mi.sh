@@ -11,14 +11,7 @@
 # resumed after a failure or a kill: ./run.sh --stage N [same options].
 set -Eeuo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
-min() {
-    local a=$1 b=$2
-    if [ "${a}" -lt "${b}" ]; then echo "${a}"; else echo "${b}"; fi
-}
+. utils/common.sh  # log, is_done, mark_done and the other shared helpers
 SECONDS=0
 resume_cmd=${MAMBA_MI_RESUME:-$0$(printf ' %q' "$@")}
 
@@ -103,7 +96,8 @@ current_log=""
 failed_line=""
 on_exit() {
     local rc=$?
-    [ "${rc}" -eq 0 ] && return 0
+    # stage 0: the checks of the options, which say what is wrong themselves
+    { [ "${rc}" -eq 0 ] || [ "${current_stage}" -eq 0 ]; } && return "${rc}"
     log "Error: stage ${current_stage} failed (exit code ${rc}${failed_line:+, mamba_mi.sh line ${failed_line}})."
     [ -n "${current_log}" ] && log "See the log: ${current_log}"
     log "After fixing the problem, resume with: ${resume_cmd} --stage ${current_stage}"
@@ -121,33 +115,12 @@ begin_stage() {
 end_stage() {
     log "Stage ${current_stage}: done [$((SECONDS - stage_start))s]"
 }
-. utils/done.sh
-
-check_bool() {
-    case "$2" in
-        true | false) ;;
-        *) log "Error: --$1 must be true or false, got '$2'"; exit 1 ;;
-    esac
-}
 
 # ---------------------------------------------------------------------------
-# Checks and derived settings
-check_bool use_decoder "${use_decoder}"
-check_bool use_ngram "${use_ngram}"
-check_bool use_lm "${use_lm}"
-check_bool download_lm_text "${download_lm_text}"
-for name in nj inference_nj nbpe ngram_num train_threads; do
-    if [[ ! ${!name} =~ ^[1-9][0-9]*$ ]]; then
-        log "Error: --${name} must be a positive integer, got '${!name}'"
-        exit 1
-    fi
-done
-for name in ngpu inference_ngpu; do
-    if [[ ! ${!name} =~ ^[0-9]+$ ]]; then
-        log "Error: --${name} must be a non-negative integer, got '${!name}'"
-        exit 1
-    fi
-done
+# Checks and derived settings (parse_options.sh already keeps the true/false
+# options true or false)
+require_int 1 nj inference_nj nbpe ngram_num train_threads
+require_int 0 ngpu inference_ngpu
 case "${corpus}" in
     mini | librispeech) ;;
     *) log "Error: --corpus must be mini or librispeech, got '${corpus}'"; exit 1 ;;
@@ -253,7 +226,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     begin_stage 2 "Speed perturbation: factors '${speed_perturb_factors}'"
     if [ -z "${speed_perturb_factors}" ]; then
         log "Stage 2: no --speed_perturb_factors; skipping"
-    elif is_done "data/${train_set}" "factors=${speed_perturb_factors} from=$(cat data/.done)"; then
+    elif sig="factors=${speed_perturb_factors} from=$(cat data/.done)" && is_done "data/${train_set}" "${sig}"; then
         log "Stage 2: data/${train_set} is complete (.done); skipping"
     else
         parts=()
@@ -263,7 +236,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
         done
         ${python} utils/data_dir.py combine "data/${train_set}" "${parts[@]}"
         rm -rf "${parts[@]}"
-        mark_done "data/${train_set}" "factors=${speed_perturb_factors} from=$(cat data/.done)"
+        mark_done "data/${train_set}" "${sig}"
     fi
     end_stage
 fi
@@ -276,7 +249,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         else
             out=${data_feats}/${dset}
         fi
-        sig="from=$(md5sum <"data/${dset}/wav.scp" | cut -c1-16)$(md5sum <"data/${dset}/text" | cut -c1-16)"
+        sig="from=$(sig_of "data/${dset}/wav.scp")$(sig_of "data/${dset}/text")"
         if is_done "${out}" "${sig}"; then
             log "${out}: complete (.done); skipping"
             continue
@@ -297,7 +270,8 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         for f in text utt2spk spk2utt; do cp "data/${dset}/${f}" "${out}/${f}"; done
         echo raw >"${out}/feats_type"
         current_log="(the output above)"
-        ${python} utils/validate_data_dir.py "${out}"
+        # dump_audio.py has decoded and checked every file: check the text files only
+        ${python} utils/validate_data_dir.py --no_audio "${out}"
         mark_done "${out}" "${sig}"
     done
     end_stage
@@ -334,7 +308,7 @@ fi
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     begin_stage 5 "sentencepiece ${bpemode} tokens (nbpe=${nbpe}) -> ${token_dir}"
     _bpe_text=${bpe_train_text:-${data_feats}/${train_set}/text}
-    sig="nbpe=${nbpe} mode=${bpemode} text=$(md5sum <"${_bpe_text}" | cut -c1-16)"
+    sig="nbpe=${nbpe} mode=${bpemode} text=$(sig_of "${_bpe_text}")"
     if is_done "${token_dir}" "${sig}"; then
         log "${token_dir}: complete (.done); skipping"
     else
@@ -364,7 +338,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     if [ -z "${lm_train_text}" ] && [ -f data/local/other_text/text ]; then
         lm_text_files+=(data/local/other_text/text)
     fi
-    lm_text_sig=$(cat "${lm_text_files[@]}" | md5sum | cut -c1-16)
+    lm_text_sig=$(sig_of "${lm_text_files[@]}")
     sig="order=${ngram_num} text=${lm_text_sig} tokens=$(cat "${token_dir}/.done")"
     if is_done "${ngram_exp}" "${sig}"; then
         log "${ngram_exp}: complete (.done); skipping"
@@ -397,7 +371,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     fi
 
     if "${use_lm}"; then
-        lm_sig="config=$(md5sum <"${lm_config}" | cut -c1-16) text=${lm_text_sig} tokens=$(cat "${token_dir}/.done") args=${lm_args}"
+        lm_sig="config=$(sig_of "${lm_config}") text=${lm_text_sig} tokens=$(cat "${token_dir}/.done") args=${lm_args}"
         if is_done "${lm_exp}" "${lm_sig}"; then
             log "${lm_exp}: complete (.done); skipping"
         else
@@ -471,24 +445,17 @@ fi
 
 if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
     begin_stage 8 "ASR training ($("${use_decoder}" && echo "+ Decoder" || echo "- Decoder")): ${asr_config} -> ${asr_exp}"
-    has_decoder=$(${python} -c "import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); d = c.get('decoder'); w = (c.get('model_conf') or {}).get('ctc_weight', 0.5); print('true' if d not in (None, 'none') and w < 1.0 else 'false')" "${asr_config}")
+    # the same test as the "+ Decoder" / "- Decoder" labels of RESULTS.md
+    has_decoder=$(${python} -c "import sys, yaml; sys.path.insert(0, 'local'); from make_results import has_decoder; print(str(has_decoder(yaml.safe_load(open(sys.argv[1])))).lower())" "${asr_config}")
     if [ "${has_decoder}" != "${use_decoder}" ]; then
         log "Error: --use_decoder ${use_decoder} but ${asr_config} $([ "${has_decoder}" = true ] && echo has || echo "has no") decoder"
         exit 1
     fi
-    sig="config=$(md5sum <"${asr_config}" | cut -c1-16) stats=$(cat "${asr_stats_dir}/.done" | md5sum | cut -c1-16) args=${asr_args}"
+    sig="config=$(sig_of "${asr_config}") stats=$(sig_of "${asr_stats_dir}/.done") args=${asr_args}"
     if is_done "${asr_exp}" "${sig}"; then
         log "${asr_exp}: trained (.done); skipping"
     else
-        mkdir -p "${asr_exp}"
-        rm -f "${asr_exp}/.done"
-        # --resume continues an interrupted training, but only one started with these options
-        if [ -f "${asr_exp}/.started" ] && [ "$(cat "${asr_exp}/.started")" != "${sig}" ]; then
-            log "Error: ${asr_exp} holds a training started with other options or data ($(cat "${asr_exp}/.started"));"
-            log "       remove ${asr_exp} or choose another --asr_tag"
-            exit 1
-        fi
-        printf '%s\n' "${sig}" >"${asr_exp}/.started"
+        start_training "${asr_exp}" "${sig}" || { log "       (or choose another --asr_tag)"; exit 1; }
         dist_opts=()
         [ "${ngpu}" -gt 1 ] && dist_opts=(--multiprocessing_distributed true)
         current_log=${asr_exp}/train.log
@@ -526,7 +493,7 @@ if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
     if "${use_lm}"; then
         decode_opts+=(--lm_train_config "${lm_exp}/config.yaml" --lm_file "${lm_exp}/valid.loss.ave.pth")
     fi
-    sig="model=$(cat "${asr_exp}/.done" | md5sum | cut -c1-16) config=$(md5sum <"${inference_config}" | cut -c1-16) opts=${decode_opts[*]} args=${inference_args}"
+    sig="model=$(sig_of "${asr_exp}/.done") config=$(sig_of "${inference_config}") opts=${decode_opts[*]} args=${inference_args}"
     decode_dir=${asr_exp}/decode_${inference_tag}
     pending=()
     for dset in ${test_sets}; do

@@ -10,10 +10,7 @@
 # empty transcripts, ids missing from wav.scp) before this script succeeds.
 set -euo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
+. utils/common.sh  # log
 help_message="Usage: $0 [options]   (run from the recipe directory)"
 
 ## Corpus

@@ -20,14 +20,7 @@
 #   local/downstream.sh --conf_dir conf/downstream/mini --nbpe 150 --valid_utts 40
 set -Eeuo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
-min() {
-    local a=$1 b=$2
-    if [ "${a}" -lt "${b}" ]; then echo "${a}"; else echo "${b}"; fi
-}
+. utils/common.sh  # log, is_done, mark_done and the other shared helpers
 SECONDS=0
 
 ## General
@@ -83,8 +76,6 @@ fi
 . ./path.sh
 . ./cmd.sh
 
-. utils/done.sh
-
 layers_of() {
     if [ "$1" = mamba_hubert ]; then echo "${hubert_label_layer}"; else echo "${baseline_label_layer}"; fi
 }
@@ -98,22 +89,9 @@ model_tag() {
 
 # ---------------------------------------------------------------------------
 # Checks and derived settings
-for name in train_threads inference_nj ngram_num; do
-    if [[ ! ${!name} =~ ^[1-9][0-9]*$ ]]; then
-        log "Error: --${name} must be a positive integer, got '${!name}'"
-        exit 1
-    fi
-done
-for name in valid_utts test_utts ngpu inference_ngpu; do
-    if [[ ! ${!name} =~ ^[0-9]+$ ]]; then
-        log "Error: --${name} must be a non-negative integer, got '${!name}'"
-        exit 1
-    fi
-done
-if [ -n "${ft_beam_size}" ] && [[ ! ${ft_beam_size} =~ ^[1-9][0-9]*$ ]]; then
-    log "Error: --ft_beam_size must be a positive integer, got '${ft_beam_size}'"
-    exit 1
-fi
+require_int 1 train_threads inference_nj ngram_num
+require_int 0 valid_utts test_utts ngpu inference_ngpu
+[ -z "${ft_beam_size}" ] || require_int 1 ft_beam_size
 for model in ${models}; do
     case "${model}" in
         mamba_hubert | hubert) ;;
@@ -178,7 +156,7 @@ done
 
 subset_dir() {
     # subset_dir SET N: the data dir of SET, or of N of its utterances evenly spaced (N = 0: all)
-    local src=${data_feats}/$1 n=$2 sub total f
+    local src=${data_feats}/$1 n=$2 sub f
     if [ "${n}" -eq 0 ] || [ "${n}" -ge "$(wc -l <"${src}/wav.scp")" ]; then
         echo "${src}"
         return 0
@@ -186,9 +164,7 @@ subset_dir() {
     sub=${expdir}/downstream_data/$1_${n}
     if [ ! -s "${sub}/utt2num_samples" ] || [ "${src}/wav.scp" -nt "${sub}/utt2num_samples" ]; then
         mkdir -p "${sub}"
-        total=$(wc -l <"${src}/wav.scp")
-        awk -v n="${n}" -v t="${total}" 'BEGIN { last = -1 } { k = int((NR - 1) * n / t); if (k != last) { print $1; last = k } }' \
-            "${src}/wav.scp" >"${sub}/keys"
+        evenly_spaced "${n}" "${src}/wav.scp" | cut -d' ' -f1 >"${sub}/keys"
         for f in wav.scp text utt2num_samples; do
             awk 'NR == FNR { keep[$1] = 1; next } ($1 in keep)' "${sub}/keys" "${src}/${f}" >"${sub}/${f}.tmp"
             mv "${sub}/${f}.tmp" "${sub}/${f}"
@@ -210,13 +186,7 @@ train_asr() {
         log "${exp}: trained (.done); skipping"
         return 0
     fi
-    mkdir -p "${exp}"
-    rm -f "${exp}/.done"
-    if [ -f "${exp}/.started" ] && [ "$(cat "${exp}/.started")" != "${sig}" ]; then
-        log "Error: ${exp} holds a training started with other options or data ($(cat "${exp}/.started")); remove ${exp}"
-        return 1
-    fi
-    printf '%s\n' "${sig}" >"${exp}/.started"
+    start_training "${exp}" "${sig}" || return 1
     log "Training ${exp}; log: ${exp}/train.log"
     OMP_NUM_THREADS=${train_threads} ${train_cmd} --gpu "${ngpu}" "${exp}/train.log" \
         ${python} -m "${asr_train_module}" --ngpu "${ngpu}" "${dist_opts[@]}" \
@@ -242,9 +212,13 @@ decode() {
     # decode EXP_DIR MODEL_FILE CONFIG DECODE_DIR OPTION...: all test sets in one pass
     local exp=$1 model_file=$2 config=$3 decode_dir=$4
     shift 4
-    local sig dset pending=() logdir _nj i out
-    sig="model=$(sig_of "${exp}/.done") config=$(sig_of "${config}") opts=$* args=${inference_args}"
-    sig+=" data=$(for dset in ${test_sets}; do cat "$(subset_dir "${dset}" "${test_utts}")/wav.scp"; done | md5sum | cut -c1-16)"
+    local sig dset pending=() logdir _nj i out wavs=()
+    local -A data_of  # test set -> its data dir (of test_utts utterances)
+    for dset in ${test_sets}; do
+        data_of[${dset}]=$(subset_dir "${dset}" "${test_utts}")
+        wavs+=("${data_of[${dset}]}/wav.scp")
+    done
+    sig="model=$(sig_of "${exp}/.done") config=$(sig_of "${config}") opts=$* args=${inference_args} data=$(sig_of "${wavs[@]}")"
     for dset in ${test_sets}; do
         if is_done "${decode_dir}/${dset}" "${sig}"; then
             log "${decode_dir}/${dset}: complete (.done); skipping"
@@ -256,11 +230,11 @@ decode() {
     logdir=${decode_dir}/logdir
     rm -rf "${logdir}"
     mkdir -p "${logdir}"
-    for dset in "${pending[@]}"; do cat "$(subset_dir "${dset}" "${test_utts}")/wav.scp"; done | sort >"${logdir}/wav.scp"
+    for dset in "${pending[@]}"; do cat "${data_of[${dset}]}/wav.scp"; done | sort >"${logdir}/wav.scp"
     _nj=$(min "${inference_nj}" "$(wc -l <"${logdir}/wav.scp")")
     ${python} utils/split_scp.py --num_parts "${_nj}" "${logdir}/wav.scp" "${logdir}/keys.JOB.scp"
     log "Decoding ${pending[*]} ($(wc -l <"${logdir}/wav.scp") utterances, ${_nj} jobs) -> ${decode_dir}"
-    ${decode_cmd} JOB=1:"${_nj}" "${logdir}/asr_inference.JOB.log" \
+    ${decode_cmd} --gpu "${inference_ngpu}" JOB=1:"${_nj}" "${logdir}/asr_inference.JOB.log" \
         ${python} -m "${asr_inference_module}" --batch_size 1 --ngpu "${inference_ngpu}" \
         --data_path_and_name_and_type "${logdir}/wav.scp,speech,sound" \
         --key_file "${logdir}/keys.JOB.scp" --asr_train_config "${exp}/config.yaml" \
@@ -273,11 +247,11 @@ decode() {
     for dset in "${pending[@]}"; do
         out=${decode_dir}/${dset}
         mkdir -p "${out}"
-        awk 'NR == FNR { keep[$1] = 1; next } ($1 in keep)' "$(subset_dir "${dset}" "${test_utts}")/wav.scp" \
-            "${logdir}/text" >"${out}/text.tmp"
+        awk 'NR == FNR { keep[$1] = 1; next } ($1 in keep)' "${data_of[${dset}]}/wav.scp" "${logdir}/text" \
+            >"${out}/text.tmp"
         mv "${out}/text.tmp" "${out}/text"
         # the references of the decoded utterances, for scoring
-        cp "$(subset_dir "${dset}" "${test_utts}")/text" "${out}/ref"
+        cp "${data_of[${dset}]}/text" "${out}/ref"
         cp "${config}" "${out}/inference_config.yaml"
         mark_done "${out}" "${sig}"
     done

@@ -97,8 +97,8 @@ def check_tools() -> None:
         raise RuntimeError(f"espeak-ng lacks voice variant(s) {missing}; is espeak-ng-data complete?")
 
 
-def _speakers(rng: random.Random, count: int, accents, variants, rate, pitch=(30, 70)) -> List[Dict]:
-    combos = list(itertools.product(accents, variants))
+def _speakers(rng: random.Random, count: int, combos: List, rate, pitch=(30, 70)) -> List[Dict]:
+    """``count`` speakers of the (accent, variant) ``combos`` (shuffled in place) with random rates and pitches."""
     rng.shuffle(combos)
     out = []
     for i in range(count):
@@ -138,27 +138,17 @@ def plan(args: argparse.Namespace) -> Dict:
     }
     lm_text = sentences[4 * n_eval + n_train :]
 
-    other = _other_combos()
+    def seen():
+        return list(itertools.product(SEEN_ACCENTS, SEEN_VARIANTS))
+
+    other = _other_combos()  # one list for both "other" sets, reshuffled for each
     speakers = {
-        "train-clean-100": _speakers(rng, args.train_speakers, SEEN_ACCENTS, SEEN_VARIANTS, args.clean_rate),
-        "dev-clean": _speakers(rng, args.eval_speakers, SEEN_ACCENTS, SEEN_VARIANTS, args.clean_rate),
-        "test-clean": _speakers(rng, args.eval_speakers, SEEN_ACCENTS, SEEN_VARIANTS, args.clean_rate),
+        "train-clean-100": _speakers(rng, args.train_speakers, seen(), args.clean_rate),
+        "dev-clean": _speakers(rng, args.eval_speakers, seen(), args.clean_rate),
+        "test-clean": _speakers(rng, args.eval_speakers, seen(), args.clean_rate),
+        "dev-other": _speakers(rng, args.eval_speakers, other, args.other_rate),
+        "test-other": _speakers(rng, args.eval_speakers, other, args.other_rate),
     }
-    for name in ("dev-other", "test-other"):
-        rng.shuffle(other)
-        spks = []
-        for i in range(args.eval_speakers):
-            accent, variant = other[i % len(other)]
-            spks.append(
-                {
-                    "accent": accent,
-                    "variant": variant,
-                    "rate": rng.randint(*args.other_rate),
-                    "pitch": rng.randint(30, 70),
-                    "sex": "F" if variant.startswith("f") else "M",
-                }
-            )
-        speakers[name] = spks
 
     jobs = []
     speaker_table = []

@@ -18,10 +18,7 @@
 #   local/ssl.sh --conf_dir conf/ssl/mini --train_utts 400 --valid_utts 40
 set -Eeuo pipefail
 
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
+. utils/common.sh  # log, is_done, mark_done and the other shared helpers
 SECONDS=0
 
 ## General
@@ -66,8 +63,6 @@ fi
 . ./path.sh
 . ./cmd.sh
 
-. utils/done.sh
-
 config_of() {
     # config_of MODEL ITERATION: the training config of one pretraining
     local f
@@ -82,32 +77,15 @@ layers_of() {
 }
 subset() {
     # subset SRC DST N: DST/wav.scp = N utterances of SRC/wav.scp, evenly spaced (N = 0: all)
-    local src=$1 dst=$2 n=$3 total
-    mkdir -p "${dst}"
-    total=$(wc -l <"${src}/wav.scp")
-    if [ "${n}" -eq 0 ] || [ "${n}" -ge "${total}" ]; then
-        cp "${src}/wav.scp" "${dst}/wav.scp.tmp"
-    else
-        awk -v n="${n}" -v t="${total}" 'BEGIN { last = -1 } { k = int((NR - 1) * n / t); if (k != last) { print; last = k } }' \
-            "${src}/wav.scp" >"${dst}/wav.scp.tmp"
-    fi
-    mv "${dst}/wav.scp.tmp" "${dst}/wav.scp"
+    mkdir -p "$2"
+    evenly_spaced "$3" "$1/wav.scp" >"$2/wav.scp.tmp"
+    mv "$2/wav.scp.tmp" "$2/wav.scp"
 }
 
 # ---------------------------------------------------------------------------
 # Checks
-for name in n_clusters_it1 n_clusters_it2 train_threads kmeans_max_frames kmeans_n_init; do
-    if [[ ! ${!name} =~ ^[1-9][0-9]*$ ]]; then
-        log "Error: --${name} must be a positive integer, got '${!name}'"
-        exit 1
-    fi
-done
-for name in train_utts valid_utts ngpu; do
-    if [[ ! ${!name} =~ ^[0-9]+$ ]]; then
-        log "Error: --${name} must be a non-negative integer, got '${!name}'"
-        exit 1
-    fi
-done
+require_int 1 n_clusters_it1 n_clusters_it2 train_threads kmeans_max_frames kmeans_n_init
+require_int 0 train_utts valid_utts ngpu
 if [ "${n_clusters_it1}" -lt 2 ] || [ "${n_clusters_it2}" -lt 2 ]; then
     log "Error: --n_clusters_it1 and --n_clusters_it2 must be at least 2"
     exit 1
@@ -149,14 +127,7 @@ pretrain() {
         log "${exp}: trained (.done); skipping"
         return 0
     fi
-    mkdir -p "${exp}"
-    rm -f "${exp}/.done"
-    # --resume continues an interrupted training, but only one started with these options
-    if [ -f "${exp}/.started" ] && [ "$(cat "${exp}/.started")" != "${sig}" ]; then
-        log "Error: ${exp} holds a training started with other options or data ($(cat "${exp}/.started")); remove ${exp}"
-        return 1
-    fi
-    printf '%s\n' "${sig}" >"${exp}/.started"
+    start_training "${exp}" "${sig}" || return 1
     ${python} local/hubert_config.py "${config}" "${labels}/tokens.txt" "${exp}/pretrain_config.yaml"
     log "Pretraining ${exp} on ${labels} ($(($(wc -l <"${labels}/tokens.txt") - 1)) clusters); log: ${exp}/train.log"
     OMP_NUM_THREADS=${train_threads} ${train_cmd} --gpu "${ngpu}" "${exp}/train.log" \

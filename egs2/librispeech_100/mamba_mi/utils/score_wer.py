@@ -24,6 +24,9 @@ from typing import Dict, Optional, Sequence
 
 import jiwer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_dir import read_kv  # noqa: E402
+
 __all__ = ["normalize", "score"]
 
 _PUNCT = re.compile(r"[^\w\s']")
@@ -34,19 +37,6 @@ def normalize(text: str) -> str:
     text = _PUNCT.sub(" ", text.upper())
     words = [w.strip("'") for w in text.split()]
     return " ".join(w for w in words if w)
-
-
-def _read_text(path) -> Dict[str, str]:
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split(maxsplit=1)
-            if parts[0] in out:
-                raise ValueError(f"{path}:{lineno}: duplicate utterance {parts[0]!r}")
-            out[parts[0]] = parts[1] if len(parts) > 1 else ""
-    return out
 
 
 def score(ref: Dict[str, str], hyp: Dict[str, str]) -> Dict:
@@ -107,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("out_dir")
     args = parser.parse_args(argv)
     try:
-        result = score(_read_text(args.ref), _read_text(args.hyp))
+        result = score(read_kv(args.ref, allow_empty_value=True), read_kv(args.hyp, allow_empty_value=True))
     except (ValueError, OSError) as e:
         print(f"score_wer.py: error: {e}", file=sys.stderr)
         return 1
