@@ -76,11 +76,6 @@ def make_step(encoder, batch: int, seconds: float, device, dtype):
     return step
 
 
-def time_step(encoder, batch: int, seconds: float, device, dtype, warmup: int, repeats: int):
-    """Median forward+backward seconds and peak memory (bytes above the model's) of one training step."""
-    return median_step_time(make_step(encoder, batch, seconds, device, dtype), device, warmup, repeats)
-
-
 def profile_step(encoder, batch: int, seconds: float, device, dtype, path: str) -> None:
     """Writes the operator tables of one training step (torch.profiler; sorted by device time, then by
     host time) to ``path``."""
@@ -137,7 +132,8 @@ def main(argv=None) -> None:
                 torch.manual_seed(0)
                 encoder = build_encoder(kind, width, args.num_blocks).to(device).train()
                 try:
-                    t, peak = time_step(encoder, args.batch, seconds, device, dtype, args.warmup, args.repeats)
+                    step = make_step(encoder, args.batch, seconds, device, dtype)
+                    t, peak = median_step_time(step, device, args.warmup, args.repeats)  # peak above the model
                     row[kind] = {"ms": t * 1000, "peak_gib": peak / 2**30}
                     if args.profile:
                         os.makedirs(args.profile, exist_ok=True)

@@ -35,10 +35,15 @@ def test_spawned_rank_forks_its_data_workers():
 
 
 def test_main_process_start_method_is_left_alone():
+    """A user who chose "spawn" in the main process (no ESPnet rank) keeps it."""
     before = multiprocessing.get_start_method(allow_none=True)
-    queue = multiprocessing.SimpleQueue()
-    _ForkingTask.main_worker(queue)
-    assert multiprocessing.get_start_method(allow_none=True) == before
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        queue = multiprocessing.SimpleQueue()
+        _ForkingTask.main_worker(queue)
+        assert queue.get() == "spawn"
+    finally:
+        multiprocessing.set_start_method(before, force=True)
 
 
 def test_training_entry_points_use_the_mixin():
