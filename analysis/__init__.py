@@ -1,5 +1,11 @@
 """Layer-wise mutual-information analysis.
 
+- :mod:`analysis.curve`: ``estimate_layer_curve``, a model's MI curve from its
+  features ``[X, T_1, ..., T_L]`` per utterance, with the table of curve estimators
+  (``gcmi``, the calibrated default; ``pooled-critic``; the per-utterance ones below).
+- :mod:`analysis.gaussian_mi`, :mod:`analysis.pooled_critic`: the two dataset-level
+  estimators; :mod:`analysis.ladders` and :mod:`analysis.calibration`: synthetic
+  features of known MI matched to a model's shapes, and how an estimator reads them.
 - :mod:`analysis.mi`: MI estimators for one pair of frame sequences
   (``estimate_mi``; MINE as in the paper, MINE with EMA gradient correction,
   NWJ, InfoNCE, SMILE) and their options (``MIOptions``).
@@ -8,12 +14,14 @@
 - :mod:`analysis.stats`: means, bootstrap intervals over utterances, the
   "falls" / "falls then rises" verdict, and the log n ceiling flag.
 
-Only torch and numpy are needed.
+Only torch, numpy and scipy are needed.
 """
 
-from analysis._rng import derive_seed
+from analysis.calibration import Calibration, calibrate
+from analysis.curve import CURVE_ESTIMATORS, DEFAULT_ESTIMATOR, LayerCurve, estimate_layer_curve
 from analysis.engine import BatchedMIResult, estimate_mi_batched
 from analysis.mi import ESTIMATORS, MIOptions, estimate_mi
+from analysis.rng import derive_seed
 from analysis.stats import (
     LayerSummary,
     TrendVerdict,
@@ -24,13 +32,19 @@ from analysis.stats import (
 )
 
 __all__ = [
+    "CURVE_ESTIMATORS",
+    "DEFAULT_ESTIMATOR",
     "ESTIMATORS",
     "BatchedMIResult",
+    "Calibration",
+    "LayerCurve",
     "LayerSummary",
     "MIOptions",
     "TrendVerdict",
     "bootstrap_ci",
+    "calibrate",
     "derive_seed",
+    "estimate_layer_curve",
     "estimate_mi",
     "estimate_mi_batched",
     "near_log_n",

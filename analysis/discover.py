@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_EVAL_SETS",
     "ModelEntry",
     "classify_config",
+    "decoded_checkpoint",
     "default_wav_scps",
     "discover_models",
     "find_checkpoint",
@@ -96,6 +97,15 @@ class ModelEntry:
     @property
     def ok(self) -> bool:
         return self.kind is not None and self.problem is None
+
+
+def decoded_checkpoint(config: dict) -> str:
+    """The averaged checkpoint ESPnet writes for a config's first ``best_model_criterion``
+    (``<phase>.<metric>.ave.pth``; ``valid.loss.ave.pth`` without one): the model the
+    recipe decodes, and so the one measured."""
+    criteria = config.get("best_model_criterion") or [["valid", "loss"]]
+    phase, metric = criteria[0][:2]
+    return f"{phase}.{metric}.ave.pth"
 
 
 def find_checkpoint(model_dir: Path, prefer: Sequence[str] = ()) -> Optional[Path]:
@@ -246,7 +256,9 @@ def _model_entry(exp_dir: Path, model_dir: Path, config_path: Path) -> ModelEntr
     if (model_dir / ".started").exists() and not (model_dir / ".done").exists():
         entry.problem = f"{model_dir}: training has not finished (.started without .done)"
         return entry
-    entry.checkpoint = find_checkpoint(model_dir, _KIND_CHECKPOINTS.get(kind, ()))
+    # Pretrained SSL models: the checkpoint stage 12 builds on; others: the one decoded.
+    prefer = _KIND_CHECKPOINTS.get(kind) or (decoded_checkpoint(config),)
+    entry.checkpoint = find_checkpoint(model_dir, prefer)
     if entry.checkpoint is None:
         entry.problem = f"{model_dir}: no checkpoint (*.pth) beside {config_path.name}"
     return entry

@@ -5,7 +5,8 @@ one utterance): row i of x ``(n, dx)`` and row i of y ``(n, dy)`` are drawn from
 joint distribution. A statistics network (critic) T(x, y) is trained on the frames
 and a variational lower bound is evaluated with it.
 
-Estimators (``estimator=``):
+Estimators (``estimator=``; each one's training loss and reported bound are written
+once, in :mod:`analysis.bounds`, and shared with the batched engine):
 
 - ``"mine"``: MINE (Belghazi et al., 2018) as used by the paper: the biased
   Donsker-Varadhan (DV) bound ``mean T(x, y) - log mean exp T(x, y')`` is maximized
@@ -45,7 +46,7 @@ Departures from the authors' code (all deliberate):
   invariant to such invertible per-dimension maps, but the critic trains much
   better on inputs of unit scale.
 - Training always runs with autograd anomaly detection off.
-- All randomness is a function of ``(seed, n)`` (see ``analysis._rng``): the
+- All randomness is a function of ``(seed, n)`` (see :mod:`analysis.rng`): the
   same inputs and options give the same estimate on any device, alone or inside
   the batched engine (``analysis.engine.estimate_mi_batched``).
 
@@ -54,32 +55,26 @@ This module is the plain one-pair-at-a-time implementation (``torch.nn`` modules
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from analysis._rng import ProblemRandom
+from analysis.bounds import ESTIMATORS, Bound, check_estimator, make_bound
+from analysis.frames import ArrayLike, as_frames, standardize_frames
+from analysis.rng import ProblemRandom
 
 __all__ = [
     "ESTIMATORS",
     "MIOptions",
     "StatisticsNetwork",
-    "as_frames",
     "check_estimator",
     "estimate_mi",
     "resolve_device",
     "resolve_options",
-    "standardize_frames",
 ]
-
-ESTIMATORS = ("mine", "mine-ema", "nwj", "infonce", "smile")
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -171,66 +166,11 @@ def resolve_options(options: Optional[MIOptions] = None, **overrides) -> MIOptio
     return dataclasses.replace(options, **overrides) if overrides else options
 
 
-def check_estimator(estimator: str) -> str:
-    """Returns ``estimator`` or raises ValueError listing the valid names."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
-    return estimator
-
-
 def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
     """``device``, or cuda when available else cpu."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def as_frames(a: ArrayLike, name: str, check_finite: bool = True) -> torch.Tensor:
-    """Validates one frame matrix and returns it as a tensor ``(n, d)`` (no copy if possible).
-
-    Args:
-        a: ``(n, d)`` numpy array or tensor; a 1-D ``(n,)`` input is read as ``(n, 1)``.
-        name: Used in error messages.
-        check_finite: Reject NaN and infinite values.
-
-    Raises:
-        ValueError: Wrong number of dimensions, no feature dimension, or
-            non-finite values.
-    """
-    t = torch.as_tensor(a)
-    if t.dim() == 1:
-        t = t.unsqueeze(1)
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be (frames, dims), got shape {tuple(t.shape)}")
-    if t.shape[1] == 0:
-        raise ValueError(f"{name} has no feature dimension (shape {tuple(t.shape)})")
-    if t.is_complex():
-        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    if check_finite and t.is_floating_point():
-        bad = int((~torch.isfinite(t)).sum())
-        if bad:
-            raise ValueError(f"{name} contains NaN or infinite values ({bad} entries)")
-    return t
-
-
-# Columns whose standard deviation is below this multiple of eps(dtype) times the
-# column's RMS are treated as constant (their rounding noise is not amplified).
-_CONSTANT_TOL = 16.0
-
-
-def standardize_frames(a: torch.Tensor) -> torch.Tensor:
-    """Z-scores every column of ``a`` ``(n, d)`` over its rows; constant columns become 0.
-
-    Statistics are computed in float64 and the result is cast back to ``a.dtype``.
-    """
-    a64 = a.double()
-    mean = a64.mean(0, keepdim=True)
-    centered = a64 - mean
-    std = centered.pow(2).mean(0, keepdim=True).sqrt()
-    rms = a64.pow(2).mean(0, keepdim=True).sqrt()
-    constant = std <= _CONSTANT_TOL * torch.finfo(a.dtype).eps * rms
-    scale = torch.where(constant, torch.full_like(std, math.inf), std)
-    return (centered / scale).to(a.dtype)
 
 
 class StatisticsNetwork(nn.Module):
@@ -268,69 +208,36 @@ class StatisticsNetwork(nn.Module):
         return self.net(torch.cat([x, y], dim=-1)).squeeze(-1)
 
 
-def _log_mean_exp(t: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(t, dim=0) - math.log(t.shape[0])
-
-
 def _pair_scores(net: StatisticsNetwork, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """All pairs: ``S[i, j] = T(x_i, y_j)``, shape ``(b, b)``."""
+    """All pairs: ``S[0, i, j] = T(x_i, y_j)``, shape ``(1, b, b)``."""
     b = x.shape[0]
-    return net(x.unsqueeze(1).expand(b, b, x.shape[1]), y.unsqueeze(0).expand(b, b, y.shape[1]))
+    return net(x.unsqueeze(1).expand(b, b, x.shape[1]), y.unsqueeze(0).expand(b, b, y.shape[1])).unsqueeze(0)
 
 
-def _infonce_bound(scores: torch.Tensor) -> torch.Tensor:
-    """InfoNCE bound of one block of pair scores ``(b, b)`` (diagonal = joint pairs)."""
-    b = scores.shape[0]
-    return (scores.diagonal() - torch.logsumexp(scores, dim=1)).mean() + math.log(b)
+def _scores(bound: Bound, net: StatisticsNetwork, x: torch.Tensor, y: torch.Tensor, partner: torch.Tensor):
+    """The critic's scores of one batch in the form ``bound`` takes (see :mod:`analysis.bounds`)."""
+    if bound.pairwise:
+        return (_pair_scores(net, x, y),)
+    return net(x, y).unsqueeze(0), net(x, y[partner]).unsqueeze(0)
 
 
-def _training_loss(estimator, net, xb, yb, partner, log_ema, opts):
-    """Loss of one mini-batch and the updated EMA state ("mine-ema")."""
-    if estimator == "infonce":
-        return -_infonce_bound(_pair_scores(net, xb, yb)), log_ema
-    t_joint = net(xb, yb)
-    t_marg = net(xb, yb[partner])
-    if estimator == "mine":
-        return -(t_joint.mean() - _log_mean_exp(t_marg)), log_ema
-    if estimator == "mine-ema":
-        lme = _log_mean_exp(t_marg)
-        if log_ema is None:
-            log_ema = lme.detach()
-        else:
-            alpha = opts.ema_alpha
-            old = log_ema + math.log1p(-alpha) if alpha < 1 else torch.full_like(log_ema, -math.inf)
-            log_ema = torch.logaddexp(old, lme.detach() + math.log(alpha))
-        # Gradient: grad(mean T_joint) - grad(mean exp T_marg) / EMA(mean exp T_marg).
-        return -(t_joint.mean() - torch.exp(lme - log_ema)), log_ema
-    if estimator == "nwj":
-        return -(t_joint.mean() - torch.exp(t_marg - 1.0).mean()), log_ema
-    if estimator == "smile":
-        # Jensen-Shannon f-GAN objective; its optimal critic is log p(x,y)/(p(x)p(y)).
-        return F.softplus(-t_joint).mean() + F.softplus(t_marg).mean(), log_ema
-    raise AssertionError(estimator)
+def _all_valid(n: int, dtype: torch.dtype, device: torch.device):
+    """The mask ``(1, n)`` and count ``(1,)`` of a batch of n real rows."""
+    return torch.ones(1, n, dtype=torch.bool, device=device), torch.full((1,), float(n), dtype=dtype, device=device)
 
 
-def _evaluate(estimator, net, x, y, perm, batch_size, opts) -> float:
+def _evaluate(bound: Bound, net, x, y, perm, batch_size) -> float:
     """The estimator's bound on all frames (see the module docstring)."""
-    if estimator == "infonce":
-        n = x.shape[0]
+    n = x.shape[0]
+    if bound.pairwise:
         total = 0.0
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            total += float(_infonce_bound(_pair_scores(net, x[idx], y[idx]))) * len(idx)
+            valid, count = _all_valid(len(idx), x.dtype, x.device)
+            total += float(bound.block_sum(*_scores(bound, net, x[idx], y[idx], None), valid, count)[0])
         return total / n
-    t_joint = net(x, y)
-    t_marg = net(x, y[perm])
-    if estimator in ("mine", "mine-ema"):
-        value = t_joint.mean() - _log_mean_exp(t_marg)
-    elif estimator == "nwj":
-        value = t_joint.mean() - torch.exp(t_marg - 1.0).mean()
-    elif estimator == "smile":
-        tau = opts.smile_clip
-        value = t_joint.mean() - _log_mean_exp(t_marg.clamp(-tau, tau))
-    else:
-        raise AssertionError(estimator)
-    return float(value)
+    valid, count = _all_valid(n, x.dtype, x.device)
+    return float(bound.value(*_scores(bound, net, x, y, perm), valid, count)[0])
 
 
 def _prepare_pair(x: ArrayLike, y: ArrayLike, opts: MIOptions, device: torch.device):
@@ -384,8 +291,8 @@ def estimate_mi(
         >>> y = x + 0.5 * torch.randn(500, 2, generator=g)
         >>> mi = estimate_mi(x, y, epochs=20, lr=1e-3)  # true value 1.61 nats
     """
-    check_estimator(estimator)
     opts = resolve_options(options, **overrides)
+    bound = make_bound(estimator, opts)
     device = resolve_device(opts.device)
     x, y = _prepare_pair(x, y, opts, device)
     n = x.shape[0]
@@ -394,7 +301,7 @@ def estimate_mi(
     net = StatisticsNetwork(x.shape[1], y.shape[1], opts.hidden).to(device=device, dtype=opts.dtype)
     net.reset_from(rng)
     optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, betas=opts.adam_betas, eps=opts.adam_eps)
-    log_ema = None
+    state = bound.initial_state(1, opts.dtype, device)
     with torch.autograd.set_detect_anomaly(False):
         for epoch in range(opts.epochs):
             order, partner = rng.epoch(epoch, b)
@@ -402,9 +309,11 @@ def estimate_mi(
             for start in range(0, n, b):
                 idx = order[start:start + b]
                 local_partner = partner[start:start + b] - start
-                loss, log_ema = _training_loss(estimator, net, x[idx], y[idx], local_partner, log_ema, opts)
+                valid, count = _all_valid(len(idx), opts.dtype, device)
+                scores = _scores(bound, net, x[idx], y[idx], local_partner)
+                loss, state = bound.loss(*scores, valid, count, state)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.sum().backward()
                 optimizer.step()
         with torch.no_grad():
-            return _evaluate(estimator, net, x, y, rng.eval_permutation()[0], b, opts)
+            return _evaluate(bound, net, x, y, rng.eval_permutation()[0], b)

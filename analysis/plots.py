@@ -22,12 +22,13 @@ A comparison is drawn only when both sides exist.
 """
 
 import math
+import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["FLOOR", "comparisons", "plot_curves", "plot_model"]
+__all__ = ["FLOOR", "comparisons", "plot_calibration", "plot_curves", "plot_model"]
 
 FLOOR = 1e-3  # nats; the lowest value a log-scale curve shows
 
@@ -43,12 +44,68 @@ def _label(model: dict) -> str:
     return " ".join(parts) + f" [{model.get('verdict', '')}]"
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw_curve(ax, rows: Sequence[dict], color: str, label: str, boundary, floor: float) -> None:
+    """log10 of the layer means with the interval as a band; values at or below ``floor`` hollow."""
+    index = np.array([r["index"] for r in rows], dtype=float)
+    mean = np.array([r["mean_mi"] for r in rows], dtype=float)
+    low = np.array([r["ci_low"] for r in rows], dtype=float)
+    high = np.array([r["ci_high"] for r in rows], dtype=float)
+    shown, band_low, band_high = (np.log10(np.clip(np.nan_to_num(v, nan=floor), floor, None))
+                                  for v in (mean, low, high))
+    ax.plot(index, shown, "-", color=color, label=label)
+    clipped = ~(mean > floor)
+    ax.plot(index[~clipped], shown[~clipped], "o", color=color, markersize=4)
+    if clipped.any():
+        ax.plot(index[clipped], shown[clipped], "o", markerfacecolor="none", color=color, markersize=5)
+    ax.fill_between(index, band_low, band_high, color=color, alpha=0.2, linewidth=0)
+    if boundary:
+        ax.axvline(boundary + 0.5, color=color, linestyle=":", linewidth=1)
+
+
+def _layer_axis(ax, rows_list: Sequence[Sequence[dict]]) -> None:
+    max_layers = max(len(rows) for rows in rows_list)
+    tick_labels: Dict[int, str] = {}
+    for rows in rows_list:
+        for r in rows:
+            tick_labels.setdefault(int(r["index"]), str(r["layer"]))
+    step = max(1, math.ceil(max_layers / 12))
+    ticks = list(range(1, max_layers + 1, step))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([tick_labels.get(t, str(t)) for t in ticks])
+    ax.set_xlabel("layer i")
+    ax.grid(True, alpha=0.3)
+
+
+def _save(fig, path_stem) -> List[Path]:
+    """``<path_stem>.png`` and ``.pdf``, each written to a temporary name and renamed."""
+    path_stem = Path(path_stem)
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".png", ".pdf"):
+        target = path_stem.with_name(path_stem.name + suffix)
+        tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{suffix}")
+        fig.savefig(tmp, dpi=150)
+        tmp.replace(target)
+        written.append(target)
+    _pyplot().close(fig)
+    return written
+
+
 def plot_curves(models: Sequence[dict], path_stem, title: str = "", floor: float = FLOOR) -> List[Path]:
-    """Draw one figure with a curve per model; write ``<path_stem>.png`` and ``.pdf``.
+    """Draw one figure with the main curve of each model; write ``<path_stem>.png`` and ``.pdf``.
 
     Args:
-        models: Each with ``name``, ``rows`` (from :func:`analysis.report.summarize_layers`),
-            optionally ``verdict``, ``tags``, ``boundary``.
+        models: Each with ``name``, ``rows`` (from :mod:`analysis.report`), optionally
+            ``verdict``, ``tags``, ``boundary``.
         path_stem: Output path without suffix.
         title: Figure title.
         floor: Smallest value drawn (nats).
@@ -63,62 +120,62 @@ def plot_curves(models: Sequence[dict], path_stem, title: str = "", floor: float
         raise ValueError("plot_curves needs at least one model")
     if not floor > 0:
         raise ValueError(f"floor must be > 0, got {floor}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    max_layers = 0
-    tick_labels: Dict[int, str] = {}
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.0))
     for k, model in enumerate(models):
-        rows = model["rows"]
-        index = np.array([r["index"] for r in rows], dtype=float)
-        mean = np.array([r["mean_mi"] for r in rows], dtype=float)
-        low = np.array([r["ci_low"] for r in rows], dtype=float)
-        high = np.array([r["ci_high"] for r in rows], dtype=float)
-        color = f"C{k % 10}"
-        shown, band_low, band_high = (np.log10(np.clip(np.nan_to_num(v, nan=floor), floor, None))
-                                      for v in (mean, low, high))
-        ax.plot(index, shown, "-", color=color, label=_label(model))
-        clipped = ~(mean > floor)
-        ax.plot(index[~clipped], shown[~clipped], "o", color=color, markersize=4)
-        if clipped.any():
-            ax.plot(index[clipped], shown[clipped], "o", markerfacecolor="none", color=color, markersize=5)
-        ax.fill_between(index, band_low, band_high, color=color, alpha=0.2, linewidth=0)
-        boundary = model.get("boundary")
-        if boundary:
-            ax.axvline(boundary + 0.5, color=color, linestyle=":", linewidth=1)
-        max_layers = max(max_layers, len(rows))
-        for r in rows:
-            tick_labels.setdefault(int(r["index"]), str(r["layer"]))
-    ax.set_xlabel("layer i")
+        _draw_curve(ax, model["rows"], f"C{k % 10}", _label(model), model.get("boundary"), floor)
+    _layer_axis(ax, [m["rows"] for m in models])
     ax.set_ylabel(r"$\log_{10} I(X; T_i)$ (nats)")
-    step = max(1, math.ceil(max_layers / 12))
-    ticks = list(range(1, max_layers + 1, step))
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([tick_labels.get(t, str(t)) for t in ticks])
-    ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path_stem = Path(path_stem)
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for suffix in (".png", ".pdf"):
-        target = path_stem.with_name(path_stem.name + suffix)
-        tmp = target.with_name(target.stem + ".tmp" + suffix)
-        fig.savefig(tmp, dpi=150)
-        tmp.replace(target)
-        written.append(target)
-    plt.close(fig)
-    return written
+    return _save(fig, path_stem)
 
 
-def plot_model(model: dict, out_dir, stem: str) -> List[Path]:
-    """One model's curve: ``<out_dir>/<stem>.png`` and ``.pdf``."""
-    return plot_curves([model], Path(out_dir) / stem, title=model["name"])
+def plot_model(model: dict, out_dir, stem: str, floor: float = FLOOR) -> List[Path]:
+    """Every curve of one model, a panel each (own scale): ``<out_dir>/<stem>.png`` and ``.pdf``."""
+    curves = model.get("curves") or [dict(model, estimator=model.get("estimator", ""), role="main")]
+    fig, axes = _pyplot().subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
+    for k, (ax, curve) in enumerate(zip(axes[0], curves)):
+        _draw_curve(ax, curve["rows"], f"C{k % 10}", curve["verdict"], model.get("boundary"), floor)
+        _layer_axis(ax, [curve["rows"]])
+        ax.set_title(f"{curve['estimator']} ({curve['role']})", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel(r"$\log_{10} I(X; T_i)$ (nats)")
+    fig.suptitle(model["name"], fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(out_dir) / stem)
+
+
+def plot_calibration(model: dict, path_stem, floor: float = FLOOR) -> List[Path]:
+    """Estimated against true MI on the calibration ladders, a panel per calibrated curve."""
+    curves = [c for c in model["curves"] if "calibration" in c]
+    if not curves:
+        raise ValueError(f"{model['name']}: no calibrated curve")
+    fig, axes = _pyplot().subplots(1, len(curves), figsize=(4.2 * len(curves), 3.8), squeeze=False)
+    for ax, curve in zip(axes[0], curves):
+        calibration = curve["calibration"]
+        top = floor
+        for k, reading in enumerate(calibration["readings"]):
+            true = np.asarray(reading["true_mi"], dtype=float)
+            mean = np.clip(np.asarray(reading["mean"], dtype=float), floor, None)
+            low = np.clip(np.asarray(reading["ci_low"], dtype=float), floor, None)
+            high = np.clip(np.asarray(reading["ci_high"], dtype=float), floor, None)
+            ax.errorbar(true, mean, yerr=[mean - low, high - mean], fmt="o", markersize=3, color=f"C{k}",
+                        label=f"{reading['ladder']} (rho {reading['spearman']:.2f}, {reading['verdict']})")
+            top = max(top, true.max(), high.max())
+        ax.plot([floor, top], [floor, top], "k--", linewidth=0.8, label="estimate = truth")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("true I(X; T_i) (nats)")
+        ax.set_title(f"{curve['estimator']}: {'trustworthy' if calibration['trustworthy'] else 'not trustworthy'}",
+                     fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left")
+    axes[0][0].set_ylabel("estimated (nats)")
+    fig.suptitle(f"{model['name']}: calibration at its shapes", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path_stem)
 
 
 def comparisons(models: Sequence[dict]) -> List[Tuple[str, str, List[dict]]]:

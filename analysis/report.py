@@ -1,20 +1,22 @@
-"""Per-layer statistics, trend verdicts and the result files of the MI analysis.
+"""Per-layer rows, trend verdicts and the result files of the MI analysis.
 
-For one model, the per-utterance estimates form a matrix ``(U, L)`` (utterances x
-layers T_1..T_L; NaN where an utterance was too short). :func:`summarize_layers`
-reduces it to one row per layer::
+Every curve of a model becomes one row per layer::
 
-    layer, index, mean_mi, std_mi, ci_low, ci_high, n_utts, mean_log_n, near_log_n
+    estimator, layer, index, mean_mi, std_mi, ci_low, ci_high, n_utts, n_units, mean_log_n, near_log_n
 
-(MI in nats; ``std_mi`` over utterances; ``ci_*`` a 95 % bootstrap interval of the
-mean over utterances; ``mean_log_n`` the mean of log(frames) of the utterances, the
-most nats a distribution-free lower bound can certify; ``near_log_n`` how many
-utterance estimates are within a margin of their log n.) The statistics and the
-verdict come from :mod:`analysis.stats`.
+(MI in nats; ``std_mi`` over the estimator's units - utterances for the per-utterance
+estimators, folds or groups of utterances for the pooled ones; ``ci_*`` a 95 %
+bootstrap interval of the mean over those units; ``mean_log_n`` the mean of
+log(frames) per unit, the most nats a distribution-free lower bound can certify;
+``near_log_n`` how many per-utterance estimates are within a margin of their log n,
+0 for pooled estimators.) :func:`layer_rows` builds them from per-utterance
+estimates ``(U, L)``, :func:`curve_rows` from a pooled :class:`analysis.curve.LayerCurve`;
+the statistics and the verdict come from :mod:`analysis.stats`.
 
-:func:`write_model_results` writes ``<model>.csv`` and ``<model>.json``;
-:func:`write_summary` writes ``RESULTS.md`` and ``summary.json``. Every file is
-written atomically (a temporary file, then a rename).
+:func:`write_model_results` writes ``<model>.csv`` (the main curve),
+``<model>.<estimator>.csv`` (the others) and ``<model>.json``; :func:`write_summary`
+writes ``RESULTS.md`` and ``summary.json``, with each verdict beside its calibration
+and the cross-check. Every file is written atomically.
 """
 
 import csv
@@ -22,7 +24,6 @@ import datetime
 import io
 import json
 import math
-import os
 import platform
 import re
 import subprocess
@@ -32,32 +33,24 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from analysis import stats
+from espnet_mamba.io import atomic_write_text
 
 __all__ = [
     "CSV_COLUMNS",
-    "atomic_write_text",
+    "cross_check",
+    "curve_rows",
+    "layer_rows",
     "model_file_stem",
-    "summarize_layers",
+    "options_text",
     "trend",
     "write_model_results",
     "write_summary",
 ]
 
 CSV_COLUMNS = (
-    "layer", "index", "mean_mi", "std_mi", "ci_low", "ci_high", "n_utts", "mean_log_n", "near_log_n",
+    "estimator", "layer", "index", "mean_mi", "std_mi", "ci_low", "ci_high", "n_utts", "n_units", "mean_log_n",
+    "near_log_n",
 )
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` through ``path.tmp`` and a rename (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def model_file_stem(name: str) -> str:
@@ -66,7 +59,7 @@ def model_file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", stem) or "model"
 
 
-def summarize_layers(
+def layer_rows(
     estimates: np.ndarray,
     n_frames: np.ndarray,
     layer_names: Sequence[str],
@@ -74,7 +67,7 @@ def summarize_layers(
     n_boot: int = 1000,
     near_margin: float = 0.5,
 ) -> List[dict]:
-    """One row per layer (see the module docstring).
+    """One row per layer of per-utterance estimates (see the module docstring).
 
     Args:
         estimates: ``(U, L)`` per-utterance MI estimates in nats; NaN = missing.
@@ -98,7 +91,7 @@ def summarize_layers(
         ok = np.isfinite(estimates[:, j])
         values = estimates[ok, j]
         frames = n_frames[ok, j]
-        row = {"layer": name, "index": j + 1, "n_utts": int(ok.sum())}
+        row = {"layer": name, "index": j + 1, "n_utts": int(ok.sum()), "n_units": int(ok.sum())}
         if values.size:
             summary = stats.summarize_layers(values, level=0.95, n_boot=n_boot, seed=seed + j)
             row.update(
@@ -114,6 +107,24 @@ def summarize_layers(
                        mean_log_n=math.nan, near_log_n=0)
         rows.append(row)
     return rows
+
+
+def curve_rows(curve, n_utts: int, frames_per_unit: float) -> List[dict]:
+    """One row per layer of a pooled curve (units: folds or groups of utterances).
+
+    Args:
+        curve: An :class:`analysis.curve.LayerCurve`.
+        n_utts: Utterances the curve was estimated on.
+        frames_per_unit: Mean frames per unit (its log is ``mean_log_n``).
+    """
+    complete = curve.values[np.isfinite(curve.values).all(axis=1)]
+    std = complete.std(axis=0, ddof=1) if complete.shape[0] > 1 else np.full(complete.shape[1], math.nan)
+    return [{
+        "layer": name, "index": j + 1, "mean_mi": float(curve.means[j]), "std_mi": float(std[j]),
+        "ci_low": float(curve.ci_low[j]), "ci_high": float(curve.ci_high[j]), "n_utts": int(n_utts),
+        "n_units": int(complete.shape[0]), "mean_log_n": float(math.log(max(frames_per_unit, 1.0))),
+        "near_log_n": 0,
+    } for j, name in enumerate(curve.layer_names)]
 
 
 def trend(estimates: np.ndarray, layer_names: Sequence[str], seed: int = 0,
@@ -150,31 +161,66 @@ def _format(value, digits: int = 4) -> str:
     return str(value)
 
 
-def write_model_results(out_dir, model: dict, rows: List[dict]) -> Tuple[Path, Path]:
-    """``<out>/<stem>.csv`` (one row per layer) and ``<out>/<stem>.json`` (rows + metadata).
-
-    Args:
-        out_dir: Output directory.
-        model: Metadata: at least ``name``; also kind, checkpoint, verdict, test,
-            x_description, options ... (written into the JSON as is).
-        rows: From :func:`summarize_layers`.
-
-    Returns:
-        The CSV and JSON paths.
-    """
-    out_dir = Path(out_dir)
-    stem = model_file_stem(model["name"])
+def _csv_text(estimator: str, rows: List[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for row in rows:
+        row = dict(row, estimator=estimator)
         writer.writerow({k: (repr(row[k]) if isinstance(row[k], float) else row[k]) for k in CSV_COLUMNS})
-    csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-    atomic_write_text(csv_path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_model_results(out_dir, model: dict) -> List[Path]:
+    """``<out>/<stem>.csv`` (main curve), ``<stem>.<estimator>.csv`` (the others), ``<stem>.json``.
+
+    Args:
+        out_dir: Output directory.
+        model: Metadata: ``name``, ``curves`` (each with ``estimator`` and ``rows``; the
+            first is the main one), and whatever else (kind, checkpoint, verdict ...),
+            written into the JSON as is; ``layers`` there are the main curve's rows.
+
+    Returns:
+        The paths written.
+    """
+    out_dir = Path(out_dir)
+    stem = model_file_stem(model["name"])
+    written = []
+    for k, curve in enumerate(model["curves"]):
+        path = out_dir / (f"{stem}.csv" if k == 0 else f"{stem}.{curve['estimator']}.csv")
+        atomic_write_text(path, _csv_text(curve["estimator"], curve["rows"]))
+        written.append(path)
     payload = dict(model)
-    payload["layers"] = rows
+    payload["layers"] = model["curves"][0]["rows"]
+    json_path = out_dir / f"{stem}.json"
     atomic_write_text(json_path, json.dumps(_jsonable(payload), indent=2) + "\n")
-    return csv_path, json_path
+    return written + [json_path]
+
+
+def cross_check(curves: Sequence[dict]) -> Optional[dict]:
+    """Whether the main curve and the cross-check name the same shape (None without one)."""
+    other = [c for c in curves if c["role"] == "cross-check"]
+    if not other:
+        return None
+    main, other = curves[0], other[0]
+    return {"estimator": other["estimator"], "verdict": other["verdict"], "agrees": other["verdict"] == main["verdict"]}
+
+
+def options_text(cfg) -> str:
+    """The options of every estimator a run uses, in one line."""
+    parts = []
+    for role, name in cfg.curves:
+        if name == "gcmi":
+            parts.append(f"gcmi: {cfg.gcmi.folds} folds, ridge {cfg.gcmi.ridge:g}")
+        elif name == "pooled-critic":
+            c = cfg.critic
+            parts.append(f"pooled-critic: MLP {','.join(map(str, c.hidden))} on {c.components} canonical pairs, "
+                         f"{c.epochs} epochs, lr {c.lr:g}, at most {c.max_frames} training frames")
+        else:
+            m = cfg.mine
+            parts.append(f"{name}: epochs {m.epochs}, lr {m.lr:g}, batch {m.batch_size}, hidden "
+                         f"{','.join(map(str, m.hidden))}, {'standardized' if m.standardize else 'raw'} features")
+    return "; ".join(parts)
 
 
 def _jsonable(value):
@@ -225,48 +271,88 @@ def _environment() -> Dict[str, str]:
     return env
 
 
+def _calibration_text(curve: dict) -> str:
+    calibration = curve.get("calibration")
+    if calibration is None:
+        return "not calibrated"
+    low, high = calibration["resolvable_nats"]
+    span = f"{_format(low, 2)}-{_format(high, 2)} nats" if low is not None and low <= high else "none"
+    verdict = "trustworthy" if calibration["trustworthy"] else "**not trustworthy**"
+    return (f"Spearman {calibration['spearman']:.2f}, {calibration['verdicts_ok']}/{calibration['ladders']} "
+            f"shapes named, resolves {span}: {verdict}")
+
+
+def _verdict_text(curve: dict) -> str:
+    calibration = curve.get("calibration")
+    if calibration is not None and not calibration["trustworthy"]:
+        return f"{curve['verdict']} (not trustworthy)"
+    return curve["verdict"]
+
+
+def _curve_by_role(model: dict, role: str) -> Optional[dict]:
+    return next((c for c in model.get("curves", []) if c["role"] == role), None)
+
+
 def write_summary(out_dir, models: List[dict], skipped: List[dict], settings: dict,
                   figures: Sequence[Path] = ()) -> Tuple[Path, Path]:
     """``RESULTS.md`` (markdown tables) and ``summary.json`` in ``out_dir``.
 
     Args:
         out_dir: Output directory.
-        models: Metadata of each measured model, with ``rows`` (layer rows).
+        models: Metadata of each measured model, with ``curves`` (main first).
         skipped: ``{"name", "reason"}`` of each model that was not measured.
-        settings: Options of the run (estimator, N, seed ...).
+        settings: Options of the run (curves, N, seed ...).
         figures: Plot files written (listed in the summary).
     """
     out_dir = Path(out_dir)
     env = _environment()
     lines = ["# Layer-wise mutual information I(X; T_i)", ""]
-    lines.append(
-        f"- estimator: {settings.get('estimator')} ({settings.get('options_text', '')}); "
-        f"utterances: {settings.get('n_utts_used')} (asked {settings.get('n_utts')}, seed {settings.get('seed')})"
-    )
-    lines.append(f"- audio: {', '.join(str(p) for p in settings.get('wav_scps', []))}")
+    for curve in settings.get("curves", []):
+        lines.append(f"- {curve['role']} curve: `{curve['estimator']}`, {curve['quantity']}")
+    lines.append(f"- options: {settings.get('options_text', '')}")
+    lines.append(f"- utterances: {settings.get('n_utts_used')} (asked {settings.get('n_utts')}, seed "
+                 f"{settings.get('seed')}); audio: {', '.join(str(p) for p in settings.get('wav_scps', []))}")
     lines.append("- environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    lines.append("")
+    lines += ["", "A verdict is only as good as its calibration: each estimator was also run on synthetic "
+              "ladders of known MI matched to the model's shapes (dimensions, frames, utterances); a verdict "
+              "whose estimator did not rank those ladders (Spearman >= 0.9) and name their shapes is marked "
+              "not trustworthy.", ""]
     lines.append("## Verdicts")
     lines.append("")
-    lines.append("| model | kind | layers | utts | verdict | deciding test |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| model | kind | checkpoint | layers | utts | verdict | calibration | paper's curve "
+                 "| its calibration | cross-check |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for m in models:
+        main, paper, check = m["curves"][0], _curve_by_role(m, "paper"), m.get("cross_check")
+        check_text = "-" if check is None else (
+            f"{check['estimator']}: {check['verdict']} ({'agrees' if check['agrees'] else 'DISAGREES'})")
         lines.append(
-            f"| {m['name']} | {m.get('kind', '')} | {len(m['rows'])} | {m.get('n_utts', '')} | "
-            f"{m['verdict']} | {m['test']} |"
-        )
+            f"| {m['name']} | {m.get('kind', '')} | {Path(str(m.get('checkpoint', ''))).name} | {len(main['rows'])} | "
+            f"{m.get('n_utts_drawn', m.get('n_utts', ''))} | {main['estimator']}: {_verdict_text(main)} | "
+            f"{_calibration_text(main)} | "
+            + (f"{paper['estimator']}: {_verdict_text(paper)} | {_calibration_text(paper)}" if paper else "- | -")
+            + f" | {check_text} |")
     if not models:
-        lines.append("| (none) | | | | | |")
+        lines.append("| (none) | | | | | | | | | |")
     for m in models:
-        lines += ["", f"## {m['name']}", "", f"X: {m.get('x_description', '')}", ""]
-        lines.append("| layer | mean MI (nats) | std | 95% CI | utts | mean log n | near log n |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for r in m["rows"]:
-            lines.append(
-                f"| {r['layer']} | {_format(r['mean_mi'])} | {_format(r['std_mi'])} | "
-                f"[{_format(r['ci_low'])}, {_format(r['ci_high'])}] | {r['n_utts']} | "
-                f"{_format(r['mean_log_n'], 3)} | {r['near_log_n']} |"
-            )
+        lines += ["", f"## {m['name']}", "", f"- kind: {m.get('kind', '')}; checkpoint: {m.get('checkpoint', '')}",
+                  f"- X: {m.get('x_description', '')}"]
+        for curve in m["curves"]:
+            lines.append(f"- {curve['estimator']} ({curve['role']}): {curve['verdict']}; {curve['test']}")
+            if "calibration" in curve:
+                lines.append(f"  - calibration: {curve['calibration']['summary']}")
+        for missing in m.get("curves_not_estimated", []):
+            lines.append(f"- {missing['estimator']} ({missing['role']}): not estimated: {missing['reason']}")
+        lines.append("")
+        header = " | ".join(f"{c['estimator']} (nats) [95% CI]" for c in m["curves"])
+        lines.append(f"| layer | {header} |")
+        lines.append("|---" * (len(m["curves"]) + 1) + "|")
+        for j, row in enumerate(m["curves"][0]["rows"]):
+            cells = []
+            for curve in m["curves"]:
+                r = curve["rows"][j]
+                cells.append(f"{_format(r['mean_mi'])} [{_format(r['ci_low'])}, {_format(r['ci_high'])}]")
+            lines.append(f"| {row['layer']} | " + " | ".join(cells) + " |")
     if skipped:
         lines += ["", "## Not measured", ""]
         for s in skipped:

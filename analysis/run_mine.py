@@ -4,7 +4,8 @@
 Usage::
 
     python analysis/run_mine.py exp/                      # all models, 1000 utterances
-    python analysis/run_mine.py exp/ --n_utts 100 --epochs 20 --models 'asr_*'
+    python analysis/run_mine.py exp/ --n_utts 100 --models 'asr_*'
+    python analysis/run_mine.py exp/ --estimator mine     # the paper's measurement as the main curve
 
 For each model found under ``exp/`` (see :mod:`analysis.discover`), the script
 
@@ -14,28 +15,35 @@ For each model found under ``exp/`` (see :mod:`analysis.discover`), the script
    of every utterance without padding frames (:mod:`analysis.features`) into a
    feature cache (one file per model, reused while the checkpoint, config and
    utterance list are unchanged);
-3. estimates I(X; T_i) per utterance and layer with MINE (the paper's recipe:
-   ``analysis.mi.MIOptions`` defaults) through the batched engine, saving finished
-   estimates as it goes so an interrupted run resumes where it stopped;
-4. writes ``<out>/<model>.csv`` and ``.json`` (per layer: mean MI, std, 95 %
-   bootstrap CI, utterances, mean log n, near-log-n count), plots
-   (``<out>/plots/*.png|pdf``, one per model and one per paper comparison), and a
-   summary (``<out>/RESULTS.md``, ``summary.json``) with a one-line verdict per
-   model ("falls", "falls then rises" or "unclear", and the test that decided it).
+3. estimates the curve three ways (:mod:`analysis.curve`): with ``--estimator``
+   (default ``gcmi``, the calibrated dataset-level estimate), with
+   ``--paper_estimator`` (default ``mine``, the paper's per-utterance recipe; finished
+   estimates are saved as they come, so an interrupted run resumes where it stopped),
+   and with ``--cross_check`` (default ``pooled-critic``, a neural estimate of
+   another kind, compared on the shape);
+4. calibrates the first two at the model's own shapes (:mod:`analysis.calibration`:
+   synthetic ladders of known MI with its dimensions, frame counts and utterances);
+5. writes ``<out>/<model>.csv`` (the main curve), ``<model>.<estimator>.csv`` (the
+   others), ``<model>.json`` (all of it), plots, and a summary (``RESULTS.md``,
+   ``summary.json``) with each verdict, its calibration and the cross-check.
 
 A model that cannot be measured (missing or unreadable checkpoint or config,
 NaN/inf features ...) is reported and skipped; the others are still written. The
-exit status is 1 when no model could be measured.
+exit status is 1 when no model could be measured, 2 for invalid options, and 3
+when another run holds the output directory.
 """
 
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -46,15 +54,32 @@ import numpy as np
 import torch
 
 from analysis import discover, features, plots, report
-from analysis._rng import derive_seed
+from analysis.calibration import calibrate
+from analysis.curve import (
+    CROSS_CHECK_ESTIMATOR,
+    CURVE_ESTIMATORS,
+    DEFAULT_ESTIMATOR,
+    PAPER_ESTIMATOR,
+    PER_UTTERANCE_ESTIMATORS,
+    LayerPairs,
+    curve_from_values,
+    get_estimator,
+)
 from analysis.engine import estimate_mi_batched
-from analysis.mi import ESTIMATORS, MIOptions, resolve_device
+from analysis.gaussian_mi import GaussianCopulaOptions
+from analysis.mi import MIOptions
+from analysis.pooled_critic import PooledCriticOptions
+from analysis.progress import Progress
+from analysis.rng import derive_seed
+from espnet_mamba.io import atomic_write_text
 
-__all__ = ["get_parser", "main", "measure_model", "run"]
+__all__ = ["RunConfig", "config_from_args", "get_parser", "main", "measure_model", "run"]
 
 logger = logging.getLogger("run_mine")
 
 _ESTIMATE_FORMAT = 1
+_CALIBRATION_FORMAT = 1
+EXIT_NO_MODEL, EXIT_BAD_OPTIONS, EXIT_LOCKED = 1, 2, 3
 
 
 # ----------------------------------------------------------------------- options
@@ -82,10 +107,36 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _optional(choices: Sequence[str]):
+    def parse(text: str) -> Optional[str]:
+        if text == "none":
+            return None
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"choose one of {sorted(choices)} or none, got {text!r}")
+        return text
+
+    return parse
+
+
 def get_parser() -> argparse.ArgumentParser:
     """The command-line options (each shown with its default by ``--help``)."""
     parser = argparse.ArgumentParser(
-        description="Layer-wise MI I(X; T_i) of every trained model under exp/ (MINE, paper defaults).",
+        description="Layer-wise MI I(X; T_i) of every trained model under exp/: a calibrated estimate, "
+                    "the paper's MINE curve beside it, and a cross-check.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("exp_dir", type=Path, help="experiment directory holding the trained models")
@@ -98,7 +149,7 @@ def get_parser() -> argparse.ArgumentParser:
                             "dump/raw or data/{dev_clean,test_clean}/wav.scp beside exp/)")
     group.add_argument("--n_utts", type=_positive_int, default=1000, help="utterances per model")
     group.add_argument("--seed", type=_non_negative_int, default=0,
-                       help="seed of the utterance draw, of MINE and of the bootstrap")
+                       help="seed of the utterance draw, of the estimators and of the bootstrap")
     group = parser.add_argument_group("features")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     group.add_argument("--batch_size", type=_positive_int, default=8,
@@ -107,10 +158,24 @@ def get_parser() -> argparse.ArgumentParser:
                        help="use at most this many frames of each utterance (default: all)")
     group.add_argument("--cache_dtype", choices=("float16", "float32"), default="float16",
                        help="precision of the feature cache")
-    group = parser.add_argument_group("MI estimation (defaults: the paper's MINE recipe)")
-    group.add_argument("--estimator", choices=ESTIMATORS, default="mine", help="MI estimator")
+    group = parser.add_argument_group("curves")
+    group.add_argument("--estimator", choices=sorted(CURVE_ESTIMATORS), default=DEFAULT_ESTIMATOR,
+                       help="the main curve (gcmi: calibrated, dataset-level; mine: the paper's)")
+    group.add_argument("--paper_estimator", type=_optional(PER_UTTERANCE_ESTIMATORS), default=PAPER_ESTIMATOR,
+                       help="per-utterance curve reported beside the main one (none: skip)")
+    group.add_argument("--cross_check", type=_optional(sorted(CURVE_ESTIMATORS)), default=CROSS_CHECK_ESTIMATOR,
+                       help="estimator of another kind whose verdict is compared (none: skip)")
+    group.add_argument("--calibrate", choices=("on", "off"), default="on",
+                       help="run the main and the paper curve's estimators on ladders of known MI "
+                            "matched to each model's shapes")
+    group = parser.add_argument_group("gcmi (held-out Gaussian-copula MI)")
+    group.add_argument("--folds", type=_positive_int, default=GaussianCopulaOptions.folds,
+                       help="utterance folds (the units of its intervals)")
+    group.add_argument("--ridge", type=_non_negative_float, default=GaussianCopulaOptions.ridge,
+                       help="ridge on the normal-score covariances")
+    group = parser.add_argument_group("per-utterance estimators (defaults: the paper's MINE recipe)")
     group.add_argument("--epochs", type=_positive_int, default=MIOptions.epochs, help="training epochs per estimate")
-    group.add_argument("--lr", type=float, default=MIOptions.lr, help="Adam learning rate of the critic")
+    group.add_argument("--lr", type=_positive_float, default=MIOptions.lr, help="Adam learning rate of the critic")
     group.add_argument("--mine_batch_size", type=_positive_int, default=MIOptions.batch_size,
                        help="frames per critic mini-batch")
     group.add_argument("--hidden", type=_hidden, default=MIOptions.hidden, help="critic hidden sizes, e.g. 100,100")
@@ -124,8 +189,8 @@ def get_parser() -> argparse.ArgumentParser:
                        help="engine: memory per chunk (default: 60%% of free GPU memory, 2 GiB on CPU)")
     group = parser.add_argument_group("report")
     group.add_argument("--n_boot", type=_positive_int, default=1000, help="bootstrap resamples of the CI")
-    group.add_argument("--near_log_n_margin", type=float, default=0.5,
-                       help="an estimate within this many nats of log(frames) is flagged")
+    group.add_argument("--near_log_n_margin", type=_non_negative_float, default=0.5,
+                       help="a per-utterance estimate within this many nats of log(frames) is flagged")
     group.add_argument("--no_plots", action="store_true", help="do not draw figures")
     group.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                        help="progress bars (auto: on an interactive terminal)")
@@ -133,55 +198,137 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _mi_options(args) -> MIOptions:
-    return MIOptions(
-        hidden=tuple(args.hidden),
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.mine_batch_size,
-        standardize=not args.no_standardize,
-        seed=args.seed,
-        device=str(resolve_device(args.device)),
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs, validated (built by :func:`config_from_args`)."""
+
+    exp_dir: Path
+    out_dir: Path
+    models: Optional[Tuple[str, ...]]
+    wav_scps: Tuple[Path, ...]
+    n_utts: int
+    seed: int
+    device: torch.device
+    batch_size: int
+    max_frames: Optional[int]
+    cache_dtype: str
+    curves: Tuple[Tuple[str, str], ...]  # (role, estimator): "main", "paper", "cross-check"
+    calibrate: bool
+    gcmi: GaussianCopulaOptions
+    critic: PooledCriticOptions
+    mine: MIOptions
+    problems_per_call: int
+    max_pairs_per_chunk: Optional[int]
+    memory_budget_mb: Optional[int]
+    n_boot: int
+    near_log_n_margin: float
+    plots: bool
+    progress: str
+
+    def options(self, estimator: str):
+        """The options object of ``estimator``."""
+        if estimator == "gcmi":
+            return self.gcmi
+        if estimator == "pooled-critic":
+            return self.critic
+        return self.mine
+
+    @property
+    def show_bar(self) -> bool:
+        return sys.stderr.isatty() if self.progress == "auto" else self.progress == "on"
+
+
+def _device(text: Optional[str]) -> torch.device:
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise ValueError(f"--device {text!r}: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Validates the parsed options before any work.
+
+    Raises:
+        ValueError: An option is invalid (the message names it).
+    """
+    out_dir = args.out if args.out is not None else args.exp_dir / "mi"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a directory")
+    device = _device(args.device)
+    curves = [("main", args.estimator)]
+    if args.paper_estimator is not None and args.paper_estimator != args.estimator:
+        curves.append(("paper", args.paper_estimator))
+    if args.cross_check is not None and args.cross_check not in dict(curves).values():
+        curves.append(("cross-check", args.cross_check))
+    try:
+        gcmi = GaussianCopulaOptions(folds=args.folds, ridge=args.ridge)
+        mine = MIOptions(hidden=tuple(args.hidden), lr=args.lr, epochs=args.epochs, batch_size=args.mine_batch_size,
+                         standardize=not args.no_standardize, seed=args.seed, device=str(device))
+    except ValueError as e:
+        raise ValueError(f"invalid estimator option: {e}") from e
+    for path in args.wav_scp or ():
+        if not path.is_file():
+            raise ValueError(f"--wav_scp {path}: no such file")
+    return RunConfig(
+        exp_dir=args.exp_dir, out_dir=out_dir, models=tuple(args.models) if args.models else None,
+        wav_scps=tuple(args.wav_scp) if args.wav_scp else tuple(discover.default_wav_scps(args.exp_dir)),
+        n_utts=args.n_utts, seed=args.seed, device=device, batch_size=args.batch_size, max_frames=args.max_frames,
+        cache_dtype=args.cache_dtype, curves=tuple(curves), calibrate=args.calibrate == "on", gcmi=gcmi,
+        critic=PooledCriticOptions(), mine=mine, problems_per_call=args.problems_per_call,
+        max_pairs_per_chunk=args.max_pairs_per_chunk, memory_budget_mb=args.memory_budget_mb, n_boot=args.n_boot,
+        near_log_n_margin=args.near_log_n_margin, plots=not args.no_plots, progress=args.progress,
     )
 
 
-def _options_identity(opts: MIOptions) -> dict:
+def _options_identity(opts) -> dict:
     values = dataclasses.asdict(opts)
-    values.pop("device")  # the same estimate on any device
-    values["dtype"] = str(values["dtype"])
-    values["hidden"] = list(values["hidden"])
-    values["adam_betas"] = list(values["adam_betas"])
-    return values
+    values.pop("device", None)  # the same estimate on any device
+    return json.loads(json.dumps(values, default=str))
 
 
 def _digest(value) -> str:
-    return hashlib.blake2b(json.dumps(value, sort_keys=True).encode("utf-8"), digest_size=16).hexdigest()
+    return hashlib.blake2b(json.dumps(value, sort_keys=True, default=str).encode("utf-8"),
+                           digest_size=16).hexdigest()
 
 
-class _Bar:
-    """A tqdm bar when wanted, else nothing."""
+class OutputLock:
+    """An exclusive lock on ``<out>/.run_mine.lock`` for the length of a run.
 
-    def __init__(self, total: int, desc: str, enabled: bool, unit: str) -> None:
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
+    Raises:
+        BlockingIOError: Another process holds it (the message names its pid).
+    """
 
-                self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
-            except ImportError:
-                self.bar = None
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / ".run_mine.lock"
+        self.file = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise BlockingIOError(f"{out_dir} is in use by another run_mine (pid {holder}); wait for it to "
+                                  "finish or give another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
 
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    def release(self) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
 
 
 # ------------------------------------------------------------------- per model
-def _features(entry, utterances, args, out_dir: Path, device, show_bar: bool) -> features.FeatureStore:
+def _features(entry, utterances, cfg: RunConfig) -> features.FeatureStore:
     """The model's feature cache: reused when its identity matches, else (re)extracted."""
     identity = {
         "model": entry.name,
@@ -190,10 +337,10 @@ def _features(entry, utterances, args, out_dir: Path, device, show_bar: bool) ->
         "config": features.file_digest(entry.config_path),
         "checkpoint": features.file_digest(entry.checkpoint),
         "utterances": _digest(list(utterances)),
-        "max_frames": args.max_frames,
-        "cache_dtype": args.cache_dtype,
+        "max_frames": cfg.max_frames,
+        "cache_dtype": cfg.cache_dtype,
     }
-    path = out_dir / "cache" / f"{report.model_file_stem(entry.name)}.features"
+    path = cfg.out_dir / "cache" / f"{report.model_file_stem(entry.name)}.features"
     if path.exists():
         try:
             store = features.FeatureStore(path)
@@ -205,89 +352,99 @@ def _features(entry, utterances, args, out_dir: Path, device, show_bar: bool) ->
         except (ValueError, OSError, KeyError) as e:
             logger.warning("%s: unreadable feature cache %s (%s): re-extracting", entry.name, path, e)
     start = time.perf_counter()
-    extractor = features.build_extractor(entry, device)
-    bar = _Bar(len(utterances), f"features {entry.name}", show_bar, "utt")
-    try:
+    extractor = features.build_extractor(entry, cfg.device)
+    with Progress(len(utterances), f"features {entry.name}", "utt", cfg.show_bar) as bar:
         store = features.extract_features(
             extractor, utterances, path, {"identity": identity}, entry.recipe_root,
-            batch_size=args.batch_size, max_frames=args.max_frames, cache_dtype=args.cache_dtype,
+            batch_size=cfg.batch_size, max_frames=cfg.max_frames, cache_dtype=cfg.cache_dtype,
             progress=bar.update,
         )
-    finally:
-        bar.close()
     logger.info("%s: features of %d utterances extracted in %.1f s (%s)", entry.name, len(utterances),
                 time.perf_counter() - start, path)
     return store
 
 
-def _load_estimates(path: Path, identity: dict) -> Dict[str, Dict[str, list]]:
+def store_pairs(store: features.FeatureStore, max_frames: Optional[int]) -> LayerPairs:
+    """The (X, T_i) frames of every layer of a feature cache, in the cache's precision.
+
+    X is paired with each layer's frame rate by :func:`analysis.features.align_frames`,
+    then both are cut to ``max_frames``; layers at one frame rate share one X list
+    (estimators prepare it once).
+    """
+    layer_names = list(store.meta["layer_names"])[1:]
+    x_by_frames: Dict[tuple, List[torch.Tensor]] = {}
+
+    def layer(i: int):
+        full = [store.get(utt, i + 1) for utt in store.utt_ids]
+        ts = [torch.from_numpy(np.array(t[:max_frames])) for t in full]
+        key = tuple(int(t.shape[0]) for t in full)
+        if key not in x_by_frames:
+            x_by_frames.clear()
+            x_by_frames[key] = [features.align_frames(torch.from_numpy(np.array(store.get(utt, 0))), n)[:max_frames]
+                                for utt, n in zip(store.utt_ids, key)]
+        return x_by_frames[key], ts
+
+    return LayerPairs(len(layer_names), layer, store.utt_ids, layer_names)
+
+
+def _load_saved(path: Path, identity: dict, what: str) -> Optional[dict]:
     if not path.exists():
-        return {}
+        return None
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        logger.warning("%s: unreadable estimates (%s); starting over", path, e)
-        return {}
-    if saved.get("format") != _ESTIMATE_FORMAT or saved.get("identity") != identity:
-        logger.info("%s: estimates were made with other features or options; starting over", path)
-        return {}
-    return saved.get("values", {})
+        logger.warning("%s: unreadable %s (%s); starting over", path, what, e)
+        return None
+    if saved.get("identity") != identity:
+        logger.info("%s: %s were made with other features or options; starting over", path, what)
+        return None
+    return saved
 
 
-def _problem_pair(store: features.FeatureStore, utt: str, layer: int, max_frames: Optional[int], x_cache: dict):
-    """``(x, y)`` tensors of one (utterance, layer) problem, in the cache's precision (the
-    engine converts them chunk by chunk); x is one object for all layers of an utterance
-    with the same frame count, so the engine stores it once."""
-    y = store.get(utt, layer)
-    key = (utt, y.shape[0])
-    if key not in x_cache:
-        x = features.align_frames(torch.from_numpy(np.array(store.get(utt, 0))), y.shape[0])
-        x_cache[key] = x[:max_frames] if max_frames is not None else x
-    y = torch.from_numpy(np.array(y[:max_frames] if max_frames is not None else y))
-    return x_cache[key], y
-
-
-def _estimate(entry, store, args, opts: MIOptions, out_dir: Path, show_bar: bool):
+def _per_utterance_estimates(entry, store, pairs: LayerPairs, estimator: str, cfg: RunConfig):
     """Per-utterance estimates ``(U, L)`` and frames ``(U, L)``, resuming from saved ones."""
-    layer_names = list(store.meta["layer_names"])[1:]
+    layer_names = pairs.layer_names
     identity = {
+        "format": _ESTIMATE_FORMAT,
         "features": _digest(store.meta.get("identity")),
-        "estimator": args.estimator,
-        "options": _options_identity(opts),
-        "max_frames": args.max_frames,
+        "estimator": estimator,
+        "options": _options_identity(cfg.mine),
+        "max_frames": cfg.max_frames,
     }
-    path = out_dir / "estimates" / f"{report.model_file_stem(entry.name)}.json"
-    values = _load_estimates(path, identity)
+    path = cfg.out_dir / "estimates" / f"{report.model_file_stem(entry.name)}.{estimator}.json"
+    values = (_load_saved(path, identity, "estimates") or {}).get("values", {})
     pending = [(utt, j) for utt in store.utt_ids for j in range(len(layer_names))
                if layer_names[j] not in values.get(utt, {})]
     done = len(store.utt_ids) * len(layer_names) - len(pending)
     if done:
-        logger.info("%s: %d of %d estimates already done; %d to go", entry.name, done, done + len(pending),
-                    len(pending))
-    bar = _Bar(len(pending), f"MI {entry.name}", show_bar, "est")
-    engine_progress = None if args.progress == "auto" else args.progress == "on"
-    try:
-        for start in range(0, len(pending), args.problems_per_call):
-            call = pending[start:start + args.problems_per_call]
-            x_cache: dict = {}
-            pairs = [_problem_pair(store, utt, j + 1, args.max_frames, x_cache) for utt, j in call]
+        logger.info("%s: %d of %d %s estimates already done; %d to go", entry.name, done, done + len(pending),
+                    estimator, len(pending))
+    row_of = {utt: u for u, utt in enumerate(store.utt_ids)}
+    engine_progress = None if cfg.progress == "auto" else cfg.progress == "on"
+    with Progress(len(pending), f"{estimator} {entry.name}", "est", cfg.show_bar) as bar:
+        for start in range(0, len(pending), cfg.problems_per_call):
+            call = pending[start:start + cfg.problems_per_call]
+            xs, ys = [], []
+            for j in sorted({j for _, j in call}):
+                layer_x, layer_t = pairs.layer(j)
+                for utt, jj in call:
+                    if jj == j:
+                        xs.append(layer_x[row_of[utt]])
+                        ys.append(layer_t[row_of[utt]])
+            call = sorted(call, key=lambda p: p[1])
             result = estimate_mi_batched(
-                [p[0] for p in pairs], [p[1] for p in pairs],
-                estimator=args.estimator, options=opts,
-                seeds=[derive_seed(args.seed, utt) for utt, _ in call],
+                xs, ys, estimator=estimator, options=cfg.mine,
+                seeds=[derive_seed(cfg.seed, utt) for utt, _ in call],
                 on_short="skip",
-                max_pairs_per_chunk=args.max_pairs_per_chunk,
-                memory_budget_bytes=None if args.memory_budget_mb is None else args.memory_budget_mb * 2 ** 20,
+                max_pairs_per_chunk=cfg.max_pairs_per_chunk,
+                memory_budget_bytes=None if cfg.memory_budget_mb is None else cfg.memory_budget_mb * 2 ** 20,
                 progress=engine_progress,
             )
             for (utt, j), value, n in zip(call, result.estimates, result.n_frames):
                 value = float(value)
                 values.setdefault(utt, {})[layer_names[j]] = [None if math.isnan(value) else value, int(n)]
-            report.atomic_write_text(path, json.dumps(
-                {"format": _ESTIMATE_FORMAT, "model": entry.name, "identity": identity, "values": values}))
+            atomic_write_text(path, json.dumps({"model": entry.name, "identity": identity, "values": values}))
             bar.update(len(call))
-    finally:
-        bar.close()
     estimates = np.full((len(store.utt_ids), len(layer_names)), np.nan)
     frames = np.zeros_like(estimates)
     for i, utt in enumerate(store.utt_ids):
@@ -295,20 +452,76 @@ def _estimate(entry, store, args, opts: MIOptions, out_dir: Path, show_bar: bool
             value, n = values[utt][name]
             estimates[i, j] = np.nan if value is None else value
             frames[i, j] = n
-    return estimates, frames, layer_names
+    return estimates, frames
 
 
-def measure_model(entry, utterances, args, out_dir: Path, device, show_bar: bool) -> dict:
-    """Features, estimates, statistics and result files of one model; returns its summary."""
+def _curve(entry, store, pairs: LayerPairs, role: str, estimator: str, cfg: RunConfig) -> dict:
+    """One curve of a model: rows (CSV columns), verdict, test and what it estimates."""
+    row = get_estimator(estimator)
     start = time.perf_counter()
-    store = _features(entry, utterances, args, out_dir, device, show_bar)
-    opts = _mi_options(args)
-    estimates, frames, layer_names = _estimate(entry, store, args, opts, out_dir, show_bar)
-    if not np.isfinite(estimates).any():
-        raise features.ExtractionError(f"model {entry.name}: no utterance gave an estimate (all too short?)")
-    rows = report.summarize_layers(estimates, frames, layer_names, seed=args.seed, n_boot=args.n_boot,
-                                   near_margin=args.near_log_n_margin)
-    verdict, test = report.trend(estimates, layer_names, seed=args.seed, n_boot=args.n_boot)
+    if estimator in PER_UTTERANCE_ESTIMATORS:
+        estimates, frames = _per_utterance_estimates(entry, store, pairs, estimator, cfg)
+        if not np.isfinite(estimates).any():
+            raise features.ExtractionError(f"model {entry.name}: no utterance gave a {estimator} estimate "
+                                           "(all too short?)")
+        rows = report.layer_rows(estimates, frames, pairs.layer_names, seed=cfg.seed, n_boot=cfg.n_boot,
+                                 near_margin=cfg.near_log_n_margin)
+        verdict, test = report.trend(estimates, pairs.layer_names, seed=cfg.seed, n_boot=cfg.n_boot)
+        n_units = int(np.isfinite(estimates).all(axis=1).sum())
+    else:
+        values = row.values(pairs, cfg.options(estimator), cfg.seed, cfg.device)
+        curve = curve_from_values(values, row, pairs.layer_names, seed=cfg.seed, n_boot=cfg.n_boot)
+        frames_per_unit = sum(int(x.shape[0]) for x in pairs.layer(0)[0]) / max(1, values.shape[0])
+        rows = report.curve_rows(curve, n_utts=len(store.utt_ids), frames_per_unit=frames_per_unit)
+        verdict, test = curve.verdict, curve.test
+        n_units = curve.n_units
+    return {
+        "role": role, "estimator": estimator, "quantity": row.quantity, "unit": row.unit, "n_units": n_units,
+        "options": _options_identity(cfg.options(estimator)), "verdict": verdict, "test": test, "rows": rows,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _calibration(pairs: LayerPairs, estimator: str, cfg: RunConfig) -> dict:
+    """The calibration of ``estimator`` at the shapes of ``pairs``, cached by those shapes."""
+    xs, ts0 = pairs.layer(0)
+    frames = [int(x.shape[0]) for x in xs]
+    t_dims = [int(pairs.layer(i)[1][0].shape[1]) for i in range(pairs.n_layers)]
+    identity = {
+        "format": _CALIBRATION_FORMAT, "estimator": estimator, "options": _options_identity(cfg.options(estimator)),
+        "frames": frames, "x_dim": int(xs[0].shape[1]), "t_dims": t_dims, "seed": cfg.seed, "n_boot": cfg.n_boot,
+    }
+    path = cfg.out_dir / "calibration" / f"{estimator}_{_digest(identity)}.json"
+    saved = _load_saved(path, identity, "calibration")
+    if saved is not None:
+        return saved["result"]
+    start = time.perf_counter()
+    result = calibrate(get_estimator(estimator), cfg.options(estimator), frames, identity["x_dim"], t_dims,
+                       seed=cfg.seed, device=cfg.device, n_boot=cfg.n_boot)
+    payload = dict(result.to_json(), summary=result.summary(), seconds=round(time.perf_counter() - start, 2))
+    atomic_write_text(path, json.dumps({"identity": identity, "result": payload}))
+    return payload
+
+
+def measure_model(entry, utterances, cfg: RunConfig) -> dict:
+    """Features, curves, calibrations and result files of one model; returns its summary."""
+    start = time.perf_counter()
+    store = _features(entry, utterances, cfg)
+    pairs = store_pairs(store, cfg.max_frames)
+    curves, not_estimated = [], []
+    for role, estimator in cfg.curves:
+        try:
+            curve = _curve(entry, store, pairs, role, estimator, cfg)
+            if cfg.calibrate and role != "cross-check" and len(pairs.layer_names) >= 3:
+                curve["calibration"] = _calibration(pairs, estimator, cfg)
+        except ValueError as e:  # too few utterances or frames for this estimator
+            if role == "main":
+                raise features.ExtractionError(f"model {entry.name}: {estimator}: {e}") from e
+            logger.warning("%s: no %s curve (%s): %s", entry.name, role, estimator, e)
+            not_estimated.append({"role": role, "estimator": estimator, "reason": str(e)})
+            continue
+        curves.append(curve)
+    main = curves[0]
     tags = dict(entry.tags)
     if str(tags.get("family", "")).startswith("upstream"):
         # What the model really is: an upstream with or without downstream blocks.
@@ -321,71 +534,73 @@ def measure_model(entry, utterances, args, out_dir: Path, device, show_bar: bool
         "checkpoint": entry.checkpoint,
         "x_description": store.meta.get("x_description", ""),
         "boundary": store.meta.get("boundary"),
-        "n_utts": int(np.isfinite(estimates).all(axis=1).sum()),
+        "n_utts": main["n_units"] if main["estimator"] in PER_UTTERANCE_ESTIMATORS else len(store.utt_ids),
         "n_utts_drawn": len(store.utt_ids),
-        "estimator": args.estimator,
-        "options": _options_identity(opts),
-        "max_frames": args.max_frames,
-        "seed": args.seed,
-        "verdict": verdict,
-        "test": test,
+        "estimator": main["estimator"],
+        "options": main["options"],
+        "max_frames": cfg.max_frames,
+        "seed": cfg.seed,
+        "verdict": main["verdict"],
+        "test": main["test"],
+        "curves": curves,
+        "curves_not_estimated": not_estimated,
+        "cross_check": report.cross_check(curves),
         "seconds": round(time.perf_counter() - start, 2),
     }
-    report.write_model_results(out_dir, summary, rows)
-    summary["rows"] = rows
+    report.write_model_results(cfg.out_dir, summary)
+    summary["rows"] = main["rows"]
     return summary
 
 
 # ------------------------------------------------------------------------ main
-def run(args) -> int:
-    """Runs the analysis for parsed ``args``; returns the exit status."""
-    exp_dir: Path = args.exp_dir
-    out_dir: Path = args.out if args.out is not None else exp_dir / "mi"
-    show_bar = sys.stderr.isatty() if args.progress == "auto" else args.progress == "on"
+def _draw_utterances(cfg: RunConfig, measurable, skipped) -> List[Tuple[str, str]]:
+    if not measurable:
+        return []
     try:
-        entries = discover.discover_models(exp_dir, args.models, exclude=[out_dir])
+        utterances = discover.select_utterances(list(cfg.wav_scps), cfg.n_utts, cfg.seed)
+    except (OSError, ValueError) as e:
+        if not cfg.wav_scps:
+            e = f"no evaluation data: none of data/{{{','.join(discover.DEFAULT_EVAL_SETS)}}}/wav.scp " \
+                f"next to {cfg.exp_dir}; give --wav_scp"
+        logger.error("%s", e)
+        skipped += [{"name": m.name, "reason": f"no utterances: {e}"} for m in measurable]
+        measurable.clear()
+        return []
+    if len(utterances) < cfg.n_utts:
+        logger.warning("only %d utterances available (asked for %d): using all of them", len(utterances),
+                       cfg.n_utts)
+    return utterances
+
+
+def run(cfg: RunConfig) -> int:
+    """Runs the analysis; returns the exit status."""
+    try:
+        entries = discover.discover_models(cfg.exp_dir, cfg.models, exclude=[cfg.out_dir])
     except FileNotFoundError as e:
         logger.error("%s", e)
-        return 1
+        return EXIT_NO_MODEL
     candidates = [e for e in entries if e.kind is not None]
     for e in entries:
         if e.kind is None:
             logger.info("%s: %s", e.name, e.problem)
     skipped = [{"name": e.name, "reason": e.problem} for e in candidates if not e.ok]
     measurable = [e for e in candidates if e.ok]
-    settings = {
-        "exp_dir": exp_dir, "out": out_dir, "estimator": args.estimator, "n_utts": args.n_utts,
-        "seed": args.seed, "max_frames": args.max_frames,
-        "options_text": f"epochs {args.epochs}, lr {args.lr}, batch {args.mine_batch_size}, "
-                        f"hidden {','.join(map(str, args.hidden))}, "
-                        f"{'raw' if args.no_standardize else 'standardized'} features",
-    }
     if not candidates:
-        logger.error("%s: no trained models found%s", exp_dir,
-                     f" matching {args.models}" if args.models else "")
-    wav_scps = list(args.wav_scp) if args.wav_scp else discover.default_wav_scps(exp_dir)
-    settings["wav_scps"] = wav_scps
-    utterances: List[Tuple[str, str]] = []
-    if measurable:
-        try:
-            utterances = discover.select_utterances(wav_scps, args.n_utts, args.seed)
-        except (OSError, ValueError) as e:
-            if not wav_scps:
-                e = f"no evaluation data: none of data/{{{','.join(discover.DEFAULT_EVAL_SETS)}}}/wav.scp " \
-                    f"next to {exp_dir}; give --wav_scp"
-            logger.error("%s", e)
-            skipped += [{"name": m.name, "reason": f"no utterances: {e}"} for m in measurable]
-            measurable = []
-    if utterances and len(utterances) < args.n_utts:
-        logger.warning("only %d utterances available (asked for %d): using all of them", len(utterances),
-                       args.n_utts)
-    settings["n_utts_used"] = len(utterances)
-    device = resolve_device(args.device)
+        logger.error("%s: no trained models found%s", cfg.exp_dir, f" matching {list(cfg.models)}" if cfg.models else "")
+    utterances = _draw_utterances(cfg, measurable, skipped)
+    settings = {
+        "exp_dir": cfg.exp_dir, "out": cfg.out_dir, "estimator": cfg.curves[0][1],
+        "curves": [{"role": role, "estimator": name, "quantity": get_estimator(name).quantity}
+                   for role, name in cfg.curves],
+        "calibrate": cfg.calibrate, "n_utts": cfg.n_utts, "seed": cfg.seed, "max_frames": cfg.max_frames,
+        "wav_scps": list(cfg.wav_scps), "n_utts_used": len(utterances),
+        "options_text": report.options_text(cfg),
+    }
     measured = []
     for k, entry in enumerate(measurable, start=1):
         logger.info("[%d/%d] %s (%s): %s", k, len(measurable), entry.name, entry.kind, entry.checkpoint)
         try:
-            summary = measure_model(entry, utterances, args, out_dir, device, show_bar)
+            summary = measure_model(entry, utterances, cfg)
         except features.ExtractionError as e:
             logger.error("%s: skipped: %s", entry.name, e)
             skipped.append({"name": entry.name, "reason": str(e)})
@@ -397,13 +612,16 @@ def run(args) -> int:
         measured.append(summary)
         logger.info("%s: %s (%s)", entry.name, summary["verdict"], summary["test"])
     figures = []
-    if not args.no_plots and measured:
-        plot_dir = out_dir / "plots"
+    if cfg.plots and measured:
+        plot_dir = cfg.out_dir / "plots"
         for m in measured:
-            figures += plots.plot_model(m, plot_dir, report.model_file_stem(m["name"]))
+            stem = report.model_file_stem(m["name"])
+            figures += plots.plot_model(m, plot_dir, stem)
+            if any("calibration" in c for c in m["curves"]):
+                figures += plots.plot_calibration(m, plot_dir / f"{stem}_calibration")
         for name, title, members in plots.comparisons(measured):
             figures += plots.plot_curves(members, plot_dir / f"compare_{name}", title=title)
-    md_path, _ = report.write_summary(out_dir, measured, skipped, settings, figures)
+    md_path, _ = report.write_summary(cfg.out_dir, measured, skipped, settings, figures)
     for m in measured:
         print(f"{m['name']}: {m['verdict']} ({m['test']})")
     for s in skipped:
@@ -411,18 +629,33 @@ def run(args) -> int:
     logger.info("summary: %s", md_path)
     if not measured:
         logger.error("no model could be measured")
-        return 1
+        return EXIT_NO_MODEL
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s",
         force=True,  # ESPnet configures the root logger on import
     )
-    return run(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_OPTIONS
+    try:
+        lock = OutputLock(cfg.out_dir)
+    except BlockingIOError as e:
+        logger.error("%s", e)
+        return EXIT_LOCKED
+    try:
+        return run(cfg)
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -1,83 +1,115 @@
 #!/usr/bin/env python3
-"""Time the batched MINE engine against one-pair-at-a-time training.
+"""Time the batched MI engine, in each precision, against one-pair-at-a-time training.
 
 The layer-wise MI analysis estimates MI for every (utterance, layer) pair: 1000
-utterances x 12 layers in the paper. This benchmark builds synthetic features of
-realistic shapes (per utterance: input features X of n frames and 12 layer outputs,
-n uniform in [--min-frames, --max-frames], --dim dimensions; each layer is X mixed
-with noise at a layer-dependent correlation) and times:
+utterances x 12 layers in the paper. This benchmark builds synthetic features of the
+recipe's shapes (per utterance: X of n frames and the layers' outputs, n uniform in
+[min_frames, max_frames]; each layer is X mixed with noise at a layer-dependent
+correlation) and times, in one process on one device:
 
-1. the authors'-style loop: one pair at a time with a fresh critic, Adam, 100 epochs,
-   batches of 128, anomaly detection off (``analysis.mi.estimate_mi``), on a random
-   subset of --loop-pairs pairs; the time is scaled linearly to all pairs;
-2. the batched engine (``analysis.engine.estimate_mi_batched``) on all pairs.
+1. the one-pair-at-a-time loop (``analysis.mi.estimate_mi``: a fresh critic, Adam,
+   anomaly detection off) on ``loop_pairs`` random pairs, float32; its time is
+   extrapolated linearly to all pairs (the script says so in the table);
+2. the batched engine (``analysis.engine.estimate_mi_batched``) on all pairs, once per
+   precision asked (float32; on CUDA also tf32 and bf16);
+3. on CUDA, optionally, the dataset-level curve estimators (``gcmi``, ``pooled-critic``
+   of :mod:`analysis.curve`) on the same features, for their cost beside the engine's.
 
-Both run on the same device (cuda when available) in the same process; the table
-reports the speed-up and the largest difference between the two estimates on the
-timed subset (the same seeds give the same estimates).
+For the engine it reports seconds, the speed-up over the loop, the achieved TFLOP/s
+(the recipe's arithmetic with the shared first-layer projection, real frames only,
+:func:`training_flops`) and its fraction of the card's peak for that precision, and
+the largest difference of each precision's estimates to the float32 ones. It also
+states the floor set by the optimizer alone: Adam reads and writes every parameter at
+every step (:func:`optimizer_bytes`), at the card's memory bandwidth.
 
 Usage:
-    python bench/bench_mine.py --out bench_mine.md          # full size (GPU)
-    python bench/bench_mine.py --small --out bench_mine.csv # minutes on a CPU
+    python bench/bench_mine.py --out docs/bench/mine_h200.md   # the paper's recipe on the GPU
+    python bench/bench_mine.py --cpu --out mine_cpu.md         # the mini recipe's stage-13 shapes, CPU
+    python bench/bench_mine.py --profile prof/ --out t.md      # + torch.profiler tables per precision
 """
 
 import argparse
+import json
 import math
 import os
 import platform
 import sys
 import time
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from analysis.engine import estimate_mi_batched  # noqa: E402
+from analysis.engine import PRECISIONS, estimate_mi_batched  # noqa: E402
 from analysis.mi import MIOptions, estimate_mi  # noqa: E402
 
-SMALL = dict(utterances=24, layers=3, dim=64, min_frames=100, max_frames=200, epochs=10, loop_pairs=6)
+# The paper's recipe at its shapes, and stage 13 of the mini recipe (conf/presets.sh:
+# 100 utterances, a 4-block 144-d ConBiMamba, --max_frames 64 --mine_batch_size 64
+# --epochs 20 --lr 1e-3).
+PAPER = dict(utterances=1000, layers=12, dim=768, min_frames=300, max_frames=600, epochs=100, batch_size=128,
+             lr=1e-4, loop_pairs=6)
+CPU = dict(utterances=100, layers=4, dim=144, min_frames=48, max_frames=64, epochs=20, batch_size=64, lr=1e-3,
+           loop_pairs=8)
+# Dense peaks of the H100/H200 SXM datasheet (TFLOP/s) and the H200's HBM3e bandwidth.
+PEAK_TFLOPS = {"float32": 67.0, "tf32": 495.0, "bf16": 990.0}
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12}
+# Fused Adam per parameter and step: reads param, grad, exp_avg, exp_avg_sq; writes three (float32).
+ADAM_BYTES_PER_PARAM = 28
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", action="store_true",
-                        help=f"a CPU-sized preset ({SMALL}); explicit options still override it")
-    parser.add_argument("--utterances", type=int, default=None, help="utterances (default 1000)")
-    parser.add_argument("--layers", type=int, default=None, help="layers per utterance (default 12)")
-    parser.add_argument("--dim", type=int, default=None, help="feature dimension of X and of each layer (default 768)")
-    parser.add_argument("--min-frames", type=int, default=None, help="shortest utterance in frames (default 300)")
-    parser.add_argument("--max-frames", type=int, default=None, help="longest utterance in frames (default 600)")
-    parser.add_argument("--epochs", type=int, default=None, help="MINE epochs (default 100)")
-    parser.add_argument("--batch-size", type=int, default=128, help="MINE batch size (default 128)")
-    parser.add_argument("--estimator", default="mine", help="estimator (default mine)")
-    parser.add_argument("--loop-pairs", type=int, default=None,
-                        help="pairs timed one at a time, then scaled linearly (default 24)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--max-pairs-per-chunk", type=int, default=None, help="engine chunk limit (default: by memory)")
-    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (both methods)")
+    parser.add_argument("--cpu", action="store_true",
+                        help=f"the mini recipe's stage-13 shapes on the CPU ({CPU}); explicit options override")
+    for name, help_text in (("utterances", "utterances"), ("layers", "layers per utterance"),
+                            ("dim", "feature dimension of X and of each layer"),
+                            ("min_frames", "shortest utterance in frames"), ("max_frames", "longest utterance"),
+                            ("epochs", "MINE epochs"), ("batch_size", "MINE batch size"),
+                            ("loop_pairs", "pairs timed one at a time, then extrapolated")):
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None,
+                            help=f"{help_text} (default {PAPER[name]}, --cpu {CPU[name]})")
+    parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {PAPER['lr']})")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
+                        help="engine precisions to time (default: all on CUDA, float32 on CPU)")
+    parser.add_argument("--curve-estimators", nargs="*", default=None,
+                        help="dataset-level estimators to time too (default on CUDA: gcmi pooled-critic)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cpu with --cpu, else cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic features and of MINE")
-    parser.add_argument("--out", default=None, help="write the table here (.md: markdown, .csv: CSV)")
+    parser.add_argument("--out", default=None, help="write the table here (markdown) and the raw numbers beside "
+                                                    "it (.json)")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="also write torch.profiler tables of a 2-epoch engine call per precision into DIR")
     args = parser.parse_args(argv)
-    defaults = dict(utterances=1000, layers=12, dim=768, min_frames=300, max_frames=600, epochs=100, loop_pairs=24)
-    for name, value in defaults.items():
+    preset = CPU if args.cpu else PAPER
+    for name, value in preset.items():
         if getattr(args, name) is None:
-            setattr(args, name, SMALL[name] if args.small else value)
+            setattr(args, name, value)
     if args.min_frames < 2 or args.max_frames < args.min_frames:
         parser.error("need 2 <= --min-frames <= --max-frames")
-    if args.loop_pairs < 1 or args.utterances < 1 or args.layers < 1:
-        parser.error("--utterances, --layers and --loop-pairs must be >= 1")
+    if min(args.loop_pairs, args.utterances, args.layers, args.epochs) < 1:
+        parser.error("--utterances, --layers, --epochs and --loop-pairs must be >= 1")
+    cuda = torch.cuda.is_available() and not args.cpu
+    args.device = torch.device(args.device or ("cuda" if cuda else "cpu"))
+    if args.precisions is None:
+        args.precisions = list(PRECISIONS) if args.device.type == "cuda" else ["float32"]
+    if args.curve_estimators is None:
+        args.curve_estimators = ["gcmi", "pooled-critic"] if args.device.type == "cuda" else []
     return args
 
 
 def synthetic_features(args, device):
-    """Per utterance: X ``(n, dim)`` and ``layers`` outputs ``(n, dim)`` correlated with X."""
+    """Per utterance: X ``(n, dim)`` and ``layers`` outputs ``(n, dim)`` correlated with X.
+
+    Returns:
+        ``xs, ys`` (one pair per (utterance, layer); an utterance's X is one tensor) and
+        the frames per utterance.
+    """
     gen = torch.Generator(device=device).manual_seed(args.seed)
     cpu_gen = torch.Generator().manual_seed(args.seed)
     lengths = torch.randint(args.min_frames, args.max_frames + 1, (args.utterances,), generator=cpu_gen).tolist()
-    # Correlation per layer: falls then rises, as in the paper's figures.
-    depth = np.linspace(-1.0, 1.0, args.layers)
-    rho = 0.3 + 0.6 * depth ** 2
+    rho = 0.3 + 0.6 * np.linspace(-1.0, 1.0, args.layers) ** 2  # falls then rises, as in the paper's figures
     xs, ys = [], []
     for n in lengths:
         x = torch.randn(n, args.dim, generator=gen, device=device)
@@ -88,89 +120,186 @@ def synthetic_features(args, device):
     return xs, ys, lengths
 
 
-def synchronize(device: torch.device) -> None:
+def training_flops(frames: Sequence[int], dx: int, dy: int, hidden: Sequence[int], epochs: int) -> float:
+    """Floating-point operations of training critics on pairs of ``frames`` frames each.
+
+    Per frame and epoch: the first layer projects x and y once (joint and marginal rows
+    share it), ``2 (dx + dy) H1``, and its weight gradients cost as much again; each
+    later layer (H_l -> H_l+1, the last to 1) runs on the joint and the marginal row,
+    forward, input gradient and weight gradient: ``3 * 2 * 2 H_l H_l+1``. Rows of a
+    partial last batch and the final evaluation are not counted.
+    """
+    sizes = list(hidden) + [1]
+    per_row = 4 * (dx + dy) * sizes[0] + 12 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return float(per_row) * epochs * float(sum(frames))
+
+
+def optimizer_bytes(frames: Sequence[int], dx: int, dy: int, hidden: Sequence[int], epochs: int,
+                    batch_size: int) -> float:
+    """Bytes fused Adam moves: every parameter of a critic at each of its steps."""
+    sizes = [dx + dy] + list(hidden) + [1]
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    steps = epochs * sum(math.ceil(n / batch_size) for n in frames)
+    return float(ADAM_BYTES_PER_PARAM) * params * steps
+
+
+def timed(fn: Callable, device: torch.device):
+    """``(seconds, fn())`` with the device synchronized around the call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    value = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, value
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+
+
+def _card(name: str) -> Optional[str]:
+    return next((card for card in HBM_BYTES_PER_S if card in name), None)
+
+
+def run(args, engine: Callable = estimate_mi_batched) -> Dict:
+    """Times the loop and ``engine`` in each precision; returns the raw numbers."""
+    device = args.device
+    options = MIOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
+    xs, ys, lengths = synthetic_features(args, device)
+    pairs = len(ys)
+    frames = [n for n in lengths for _ in range(args.layers)]
+    flops = training_flops(frames, args.dim, args.dim, options.hidden, args.epochs)
+    adam_bytes = optimizer_bytes(frames, args.dim, args.dim, options.hidden, args.epochs, args.batch_size)
+
+    # Warm-up (CUDA context, kernels, autocast), not timed.
+    estimate_mi(xs[0][:32], ys[0][:32], "mine", options, epochs=1)
+    for precision in args.precisions:
+        engine(xs[:2], ys[:2], options=options, epochs=1, progress=False, precision=precision)
+
+    rng = np.random.default_rng(args.seed)
+    subset = sorted(rng.choice(pairs, size=min(args.loop_pairs, pairs), replace=False).tolist())
+    loop_seconds, loop_values = timed(lambda: [estimate_mi(xs[k], ys[k], "mine", options) for k in subset], device)
+    loop_total = loop_seconds / len(subset) * pairs
+    result = dict(device=device_name(device), torch=torch.__version__, python=platform.python_version(),
+                  shapes={k: getattr(args, k) for k in PAPER}, pairs=pairs, frame_pairs=sum(frames),
+                  training_flops=flops, adam_bytes=adam_bytes, loop_pairs=len(subset), loop_seconds=loop_seconds,
+                  loop_extrapolated_seconds=loop_total, engine={}, curves={})
+    reference = None
+    for precision in args.precisions:
+        seconds, out = timed(lambda: engine(xs, ys, options=options, progress=False, precision=precision), device)
+        estimates = out.estimates
+        if reference is None:
+            reference = estimates
+            result["loop_vs_engine_max_abs"] = float(np.max(np.abs(np.array(loop_values) - estimates[subset])))
+        result["engine"][precision] = dict(
+            seconds=seconds, tflops=flops / seconds / 1e12, speedup=loop_total / seconds,
+            mean_estimate=float(np.nanmean(estimates)),
+            max_abs_vs_float32=float(np.max(np.abs(estimates - reference))),
+            mean_abs_vs_float32=float(np.mean(np.abs(estimates - reference))))
+    for name in args.curve_estimators:
+        result["curves"][name] = _time_curve(name, xs, ys, lengths, args, device)
+    return result
+
+
+def _time_curve(name: str, xs, ys, lengths, args, device) -> Dict:
+    """Seconds of one dataset-level curve estimator on the same features (or why it failed)."""
+    from analysis.curve import estimate_layer_curve
+
+    utterances = [[xs[u * args.layers]] + ys[u * args.layers:(u + 1) * args.layers] for u in range(len(lengths))]
+    try:
+        seconds, curve = timed(lambda: estimate_layer_curve(utterances, name, seed=args.seed, device=device), device)
+    except Exception as e:  # the bench reports it and times the rest
+        return dict(error=f"{type(e).__name__}: {e}")
+    return dict(seconds=seconds, means=[float(v) for v in np.asarray(curve.means)])
+
+
+def profile_engine(xs, ys, options: MIOptions, precision: str, path: str) -> None:
+    """Writes the operator tables of a 2-epoch engine call (torch.profiler; by device time, then
+    by host time) and the device's busy fraction to ``path``."""
+    device = torch.device(options.device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        estimate_mi_batched(xs, ys, options=options, epochs=2, progress=False, precision=precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events) if device.type == "cuda" else float("nan")
+    sort_keys = ["self_device_time_total", "self_cpu_time_total"] if device.type == "cuda" else ["self_cpu_time_total"]
+    with open(path, "w") as f:
+        f.write(f"{precision}: wall {wall:.3f} s under the profiler")
+        if device.type == "cuda":
+            f.write(f"; device busy {kernel_us / 1e6:.3f} s ({kernel_us / 1e6 / wall:.0%} of the wall time)")
+        f.write("\n\n")
+        for sort_by in sort_keys:
+            f.write(f"sorted by {sort_by}\n")
+            f.write(events.table(sort_by=sort_by, row_limit=30, max_name_column_width=70) + "\n\n")
+
+
+def table(result: Dict) -> str:
+    """The markdown table of :func:`run`'s numbers."""
+    name = result["device"]
+    card = _card(name)
+    s = result["shapes"]
+    lines = [
+        f"# MINE benchmark ({name})",
+        "",
+        f"- data: synthetic, {s['utterances']} utterances x {s['layers']} layers = {result['pairs']} pairs; "
+        f"{s['dim']}-d X and layer features; {s['min_frames']}-{s['max_frames']} frames per utterance "
+        f"({result['frame_pairs']} frame pairs in all)",
+        f"- recipe: mine, critic MLP (100, 100), Adam lr {s['lr']}, {s['epochs']} epochs, batch {s['batch_size']}",
+        f"- torch {result['torch']}, python {result['python']}",
+        f"- work: {result['training_flops'] / 1e12:.1f} TFLOP of training (shared first-layer projection, real "
+        f"frames); fused Adam moves {result['adam_bytes'] / 1e12:.1f} TB",
+    ]
+    if card:
+        bandwidth = HBM_BYTES_PER_S[card]
+        lines.append(f"- floors on the {card} (datasheet): arithmetic {result['training_flops'] / 67e12:.1f} s at "
+                     f"67 TFLOP/s fp32, {result['training_flops'] / 495e12:.2f} s at 495 TF32, "
+                     f"{result['training_flops'] / 990e12:.2f} s at 990 bf16; Adam's traffic alone "
+                     f"{result['adam_bytes'] / bandwidth:.1f} s at {bandwidth / 1e12:.2f} TB/s (float32 weights "
+                     "and optimizer state in every precision)")
+    lines.append(f"- one-pair loop: {result['loop_pairs']} random pairs timed ({result['loop_seconds']:.2f} s), "
+                 f"extrapolated linearly to {result['pairs']}; its estimates differ from the float32 engine's by "
+                 f"up to {result.get('loop_vs_engine_max_abs', float('nan')):.2e} nats (same seeds; float32 rounding "
+                 "amplified by the Adam steps)")
+    header = ("method", "seconds", "speed-up vs loop", "TFLOP/s", "of peak", "max abs diff to float32",
+              "mean estimate")
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+              f"| one pair at a time, float32 (extrapolated) | {result['loop_extrapolated_seconds']:.1f} | 1x | "
+              f"{result['training_flops'] / result['loop_extrapolated_seconds'] / 1e12:.3g} | | | |"]
+    for precision, row in result["engine"].items():
+        peak = f"{row['tflops'] / PEAK_TFLOPS[precision]:.1%} of {PEAK_TFLOPS[precision]:.0f}" if card else "n/a"
+        lines.append(f"| batched engine, {precision} | {row['seconds']:.2f} | {row['speedup']:.0f}x | "
+                     f"{row['tflops']:.3g} | {peak} | {row['max_abs_vs_float32']:.2e} nats "
+                     f"(mean {row['mean_abs_vs_float32']:.1e}) | {row['mean_estimate']:.4f} |")
+    for estimator, row in result["curves"].items():
+        cell = f"{row['seconds']:.2f}" if "seconds" in row else row["error"]
+        lines.append(f"| curve estimator {estimator} (all layers, pooled) | {cell} | | | | | |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-    options = MIOptions(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=device)
-    xs, ys, lengths = synthetic_features(args, device)
-    pairs = len(ys)
-    frames = sum(lengths) * args.layers
-
-    # Warm-up (CUDA context, kernels) on a tiny problem, not timed.
-    estimate_mi(xs[0][:32], ys[0][:32], args.estimator, options, epochs=1)
-    estimate_mi_batched(xs[:2], ys[:2], estimator=args.estimator, options=options, epochs=1, progress=False)
-
-    rng = np.random.default_rng(args.seed)
-    subset = sorted(rng.choice(pairs, size=min(args.loop_pairs, pairs), replace=False).tolist())
-    synchronize(device)
-    start = time.perf_counter()
-    loop_values = [estimate_mi(xs[k], ys[k], args.estimator, options) for k in subset]
-    synchronize(device)
-    loop_seconds = time.perf_counter() - start
-    loop_per_pair = loop_seconds / len(subset)
-    loop_total = loop_per_pair * pairs
-
-    synchronize(device)
-    start = time.perf_counter()
-    result = estimate_mi_batched(xs, ys, estimator=args.estimator, options=options,
-                                 max_pairs_per_chunk=args.max_pairs_per_chunk, progress=None)
-    synchronize(device)
-    batched_seconds = time.perf_counter() - start
-    difference = float(np.max(np.abs(np.array(loop_values) - result.estimates[subset])))
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    shape = (f"{args.utterances} utterances x {args.layers} layers = {pairs} pairs; {args.dim}-d X and layer "
-             f"features; {args.min_frames}-{args.max_frames} frames per utterance ({frames} frame pairs in all)")
-    recipe = (f"{args.estimator}, critic MLP (100, 100), Adam lr {options.lr}, {args.epochs} epochs, "
-              f"batch {args.batch_size}, anomaly detection off")
-    rows = [
-        ("one pair at a time (estimate_mi)", device.type, len(subset), f"{loop_per_pair:.3f}",
-         f"{loop_total:.1f}", f"timed on {len(subset)} random pairs, scaled linearly to {pairs}"),
-        ("batched engine (estimate_mi_batched)", device.type, pairs, f"{batched_seconds / pairs:.5f}",
-         f"{batched_seconds:.1f}", f"measured on all {pairs} pairs"),
-        ("speed-up", "", "", "", f"{loop_total / batched_seconds:.1f}x", "measured in this run"),
-    ]
-    header = ("method", "device", "pairs timed", "seconds per pair", f"seconds for {pairs} pairs", "note")
-    lines = [
-        f"# MINE benchmark ({name})",
-        "",
-        f"- data: synthetic, {shape}",
-        f"- recipe: {recipe}",
-        f"- torch {torch.__version__}, TF32 {'on' if args.tf32 and device.type == 'cuda' else 'off'}, "
-        f"python {platform.python_version()}",
-        f"- largest |loop - batched| estimate on the timed pairs: {difference:.2e} nats (same seeds and batches; "
-        "in float64 the two agree to rounding, in float32 the many Adam steps amplify rounding "
-        "differences, as between the same loop on CPU and on GPU)",
-        f"- mean batched estimate {np.nanmean(result.estimates):.4f} nats",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    table = "\n".join(lines) + "\n"
-    print(table)
+    result = run(args)
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+        xs, ys, _ = synthetic_features(args, args.device)
+        options = MIOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            device=args.device)
+        for precision in args.precisions:
+            profile_engine(xs, ys, options, precision, os.path.join(args.profile, f"mine_{precision}.txt"))
+    text = table(result)
+    print(text)
     if args.out:
-        if args.out.endswith(".csv"):
-            import csv
-
-            with open(args.out, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(header)
-                writer.writerows(rows)
-                writer.writerow(("data", "", "", "", "", shape))
-                writer.writerow(("recipe", "", "", "", "", recipe))
-                writer.writerow(("device name", "", "", "", "", name))
-                writer.writerow(("max |loop - batched|", "", "", "", f"{difference:.2e}", "nats"))
-        else:
-            with open(args.out, "w") as f:
-                f.write(table)
+        with open(args.out, "w") as f:
+            f.write(text)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump(result, f, indent=1)
     return 0
 
 

@@ -3,17 +3,18 @@
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
-from espnet.nets.pytorch_backend.transformer.layer_norm import LayerNorm
-from espnet.nets.pytorch_backend.transformer.subsampling import (
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+
+from espnet_mamba.espnet_compat import (
     Conv2dSubsampling,
     Conv2dSubsampling6,
     Conv2dSubsampling8,
+    ConvolutionalPositionalEmbedding,
+    LayerNorm,
+    PositionalEncoding,
     TooShortUttError,
     check_short_utt,
 )
-from espnet2.asr.encoder.abs_encoder import AbsEncoder
-
 from espnet_mamba.nn.bimamba import Padding
 from espnet_mamba.nn.conbimamba_layer import ConBiMambaLayer
 from espnet_mamba.nn.selective_scan import BACKENDS
@@ -37,15 +38,50 @@ def _subsampled_freq(input_layer: str, input_size: int) -> int:
     return ((freq - 1) // 2 - 1) // 2  # conv2d8
 
 
+class _PaddedConvPositionalEmbedding(torch.nn.Module):
+    """HuBERT's convolutional positional embedding on a padded batch.
+
+    ``dropout(x + GELU(conv(x)))``, as fairseq's HuBERT adds it before its layers:
+    ``conv`` is a grouped Conv1d over time (``d`` channels), weight-normalised over
+    the kernel dimension, with "same" padding (for an even kernel the extra last
+    frame is dropped). It is ESPnet's ``ConvolutionalPositionalEmbedding`` with
+    ``use_residual=True``. Padding frames are set to zero before the convolution,
+    so that a valid frame near the end of a shorter sequence sees the zeros it sees
+    when the sequence is encoded alone, and again in the output.
+
+    Args:
+        size: Feature size d.
+        kernel_size: Frames the convolution spans.
+        groups: Channel groups; must divide ``size``.
+        dropout_rate: Dropout after the addition.
+    """
+
+    def __init__(self, size: int, kernel_size: int, groups: int, dropout_rate: float):
+        super().__init__()
+        self.conv = ConvolutionalPositionalEmbedding(
+            size, dropout_rate, kernel_size=kernel_size, groups=groups, use_residual=True
+        )
+        self.dropout = torch.nn.Dropout(dropout_rate)
+
+    def forward(self, xs: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """``xs`` ``(B, T, d)`` and ``pad`` ``(B, T, 1)`` (True at padding) ->
+        ``(B, T, d)``, zero at padding."""
+        xs = self.conv(xs.masked_fill(pad, 0.0))
+        return self.dropout(xs).masked_fill(pad, 0.0)
+
+
 class ConBiMambaEncoder(AbsEncoder):
     """ConBiMamba encoder: subsampling, positional encoding, ConBiMamba blocks, LN.
 
     The computation, in order:
 
     1. ``embed``: ``input_layer`` (convolutional subsampling by 4, 6 or 8, a linear
-       layer, or nothing) and the positional encoding (``pos_enc="abs"``: ESPnet's
+       layer, or nothing) and the positional encoding: ``pos_enc="abs"``, ESPnet's
        sinusoidal ``PositionalEncoding``, which also scales by ``sqrt(d)``;
-       ``"none"``: dropout only).
+       ``"conv"``, HuBERT's convolutional positional embedding
+       ``x + GELU(conv(x))`` (a grouped, weight-normalised Conv1d over time of
+       ``pos_conv_kernel`` frames, then dropout), computed after the input layer on
+       a batch whose padding frames are zeroed; ``"none"``, dropout only.
     2. ``num_blocks`` :class:`~espnet_mamba.nn.conbimamba_layer.ConBiMambaLayer`
        blocks; each ends with its own LayerNorm.
     3. ``after_norm`` (LayerNorm) when ``normalize_before`` is True.
@@ -53,6 +89,10 @@ class ConBiMambaEncoder(AbsEncoder):
     Padding frames of shorter sequences never influence valid frames (in eval mode;
     see ConBiMambaLayer about BatchNorm in training), and the encoder sets them to
     zero in everything it returns.
+
+    The input must have the dtype of the encoder's parameters, except under
+    ``torch.autocast`` on the input's device, which accepts float16 and bfloat16
+    input too (float64 needs float64 parameters: ``encoder.double()``).
 
     Args:
         input_size: Input feature size.
@@ -72,7 +112,12 @@ class ConBiMambaEncoder(AbsEncoder):
         d_conv: Mamba causal convolution kernel size.
         expand: Mamba inner-size factor.
         mamba_backend: Selective-scan backend, ``"auto"``, ``"torch"`` or ``"cuda"``.
-        pos_enc: ``"abs"`` (sinusoidal) or ``"none"``.
+        pos_enc: ``"abs"`` (sinusoidal), ``"conv"`` (HuBERT's convolutional
+            positional embedding) or ``"none"``.
+        pos_conv_kernel: Kernel size of the convolutional positional embedding
+            (HuBERT: 128 frames of 20 ms); used with ``pos_enc="conv"``.
+        pos_conv_groups: Channel groups of that convolution (HuBERT: 16); must
+            divide ``output_size``; used with ``pos_enc="conv"``.
         padding_idx: Accepted for ESPnet config compatibility; unused (there is
             no token-embedding input layer).
         interctc_layer_idx: 1-based indices of blocks whose (normalised) outputs
@@ -106,6 +151,8 @@ class ConBiMambaEncoder(AbsEncoder):
         expand: float = 2,
         mamba_backend: str = "auto",
         pos_enc: str = "abs",
+        pos_conv_kernel: int = 128,
+        pos_conv_groups: int = 16,
         padding_idx: int = -1,
         interctc_layer_idx: Sequence[int] = (),
         interctc_use_conditioning: bool = False,
@@ -139,8 +186,19 @@ class ConBiMambaEncoder(AbsEncoder):
                 "input_layer=None needs input_size == output_size, got "
                 f"input_size={input_size}, output_size={output_size}"
             )
-        if pos_enc not in ("abs", "none"):
-            raise ValueError(f"pos_enc must be 'abs' or 'none', got {pos_enc!r}")
+        if pos_enc not in ("abs", "conv", "none"):
+            raise ValueError(f"pos_enc must be 'abs', 'conv' or 'none', got {pos_enc!r}")
+        if pos_enc == "conv":
+            for name, value in (
+                ("pos_conv_kernel", pos_conv_kernel),
+                ("pos_conv_groups", pos_conv_groups),
+            ):
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if output_size % pos_conv_groups:
+                raise ValueError(
+                    f"pos_conv_groups={pos_conv_groups} must divide output_size={output_size}"
+                )
         if mamba_backend not in BACKENDS:
             raise ValueError(
                 f"mamba_backend must be one of {BACKENDS}, got {mamba_backend!r}"
@@ -159,8 +217,14 @@ class ConBiMambaEncoder(AbsEncoder):
         self.normalize_before = normalize_before
         self.padding_idx = padding_idx
 
+        self.pos_conv = None  # pos_enc="conv": applied in _run, where the padding is known
         if pos_enc == "abs":
             pos_module = PositionalEncoding(output_size, positional_dropout_rate)
+        elif pos_enc == "conv":
+            pos_module = torch.nn.Identity()
+            self.pos_conv = _PaddedConvPositionalEmbedding(
+                output_size, pos_conv_kernel, pos_conv_groups, positional_dropout_rate
+            )
         else:
             pos_module = torch.nn.Dropout(positional_dropout_rate)
         if input_layer in _SUBSAMPLING:
@@ -222,6 +286,7 @@ class ConBiMambaEncoder(AbsEncoder):
             raise ValueError(
                 f"xs_pad has feature size {feat}, the encoder expects {self.input_size}"
             )
+        self._check_dtype(xs_pad)
         if not torch.is_tensor(ilens) or ilens.shape != (batch,):
             shape = tuple(ilens.shape) if torch.is_tensor(ilens) else type(ilens).__name__
             raise ValueError(f"ilens must be a ({batch},) tensor, got {shape}")
@@ -244,10 +309,40 @@ class ConBiMambaEncoder(AbsEncoder):
             )
         return (~masks.bool()).sum(-1)
 
+    def _check_dtype(self, xs_pad: torch.Tensor) -> None:
+        """Raises ValueError unless the encoder can compute on ``xs_pad``'s dtype:
+        that of its parameters, or, under ``torch.autocast`` on the input's device,
+        any floating dtype but float64 (autocast casts 16- and 32-bit floats)."""
+        dtype = xs_pad.dtype
+        if not dtype.is_floating_point:
+            raise ValueError(f"xs_pad must hold floating-point features, got {dtype}")
+        param_dtype = next(self.parameters()).dtype
+        if dtype == param_dtype:
+            return
+        if dtype != torch.float64 and torch.is_autocast_enabled(xs_pad.device.type):
+            return
+        if dtype in (torch.float16, torch.bfloat16):
+            remedy = (
+                f"; for {dtype} computation keep the {param_dtype} parameters and run "
+                f"the encoder under torch.autocast({xs_pad.device.type!r}, dtype={dtype})"
+            )
+        elif dtype == torch.float64:
+            remedy = (
+                ", or convert the encoder with encoder.double() "
+                "(autocast does not cast float64)"
+            )
+        else:
+            remedy = f", or convert the encoder with encoder.to({dtype})"
+        raise ValueError(
+            f"xs_pad is {dtype} but the encoder's parameters are {param_dtype}: pass "
+            f"xs_pad.to({param_dtype}){remedy}"
+        )
+
     def _embed(
         self, xs_pad: torch.Tensor, lengths: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Input layer and positional encoding.
+        """Input layer and positional encoding (but ``pos_enc="conv"``, which
+        :meth:`_run` applies once the padding is known).
 
         Args:
             xs_pad: ``(B, T, input_size)``.
@@ -316,6 +411,8 @@ class ConBiMambaEncoder(AbsEncoder):
         olens = padding.lengths
         # Zero the frames that saw padding input (whatever it holds, even inf or nan).
         xs = xs.masked_fill(padding.pad, 0.0)
+        if self.pos_conv is not None:
+            xs = self.pos_conv(xs, padding.pad)
         hidden = [xs] if keep_all else []
         intermediate_outs = []
         for index, block in enumerate(self.encoders, start=1):

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from espnet_mamba import registry
 from espnet_mamba.ssl.model import load_ssl_model, ssl_hidden_states
 
 __all__ = ["UpstreamExpert"]
@@ -47,6 +48,7 @@ class UpstreamExpert(torch.nn.Module):
         self, ckpt: str, config: Optional[str] = None, encoder: Optional[str] = None, always_eval: bool = True
     ):
         super().__init__()
+        registry.register()  # ESPnet's SSL task builds the model: it must know conbimamba
         self.model, self.config = load_ssl_model(ckpt, config, expected_encoder=encoder)
         self.downsample_rate = self.model.frontend.downsampling_factor
         self.always_eval = always_eval

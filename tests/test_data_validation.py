@@ -231,7 +231,7 @@ def test_data_sh_reports_missing_set_and_bad_audio(tmp_path):
     out = subprocess.run(["bash", "-c", cmd], cwd=recipe, capture_output=True, text=True, env=_env())
     assert out.returncode != 0
     assert f"{flac.stem}: unreadable or corrupt audio" in out.stderr
-    assert "invalid data directories: data/test_clean" in out.stdout
+    assert "invalid data directories: data/test_clean" in out.stderr
 
 
 def test_prepare_librispeech_missing_set(tmp_path):

@@ -1,12 +1,14 @@
-"""Tests of ConBiMambaEncoder: shapes, layer outputs, padding invariance, validation."""
+"""Tests of ConBiMambaEncoder: shapes, layer outputs, padding invariance, dtypes, validation."""
+
+import copy
 
 import pytest
 import torch
-from espnet.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 
 from espnet_mamba import encoder as encoder_module
 from espnet_mamba.encoder import ConBiMambaEncoder
+from espnet_mamba.espnet_compat import TooShortUttError
 from espnet_mamba.nn import bimamba as bimamba_module
 
 SMALL = dict(output_size=16, linear_units=32, num_blocks=2, cnn_module_kernel=5, d_state=4)
@@ -51,7 +53,7 @@ def test_output_shapes_and_olens(input_layer):
 
 
 @pytest.mark.parametrize("input_layer", ["conv2d", "linear"])
-@pytest.mark.parametrize("pos_enc", ["abs", "none"])
+@pytest.mark.parametrize("pos_enc", ["abs", "conv", "none"])
 def test_padding_invariance(input_layer, pos_enc):
     encoder = make_encoder(input_layer=input_layer, pos_enc=pos_enc).eval()
     gen = torch.Generator().manual_seed(1)
@@ -68,8 +70,9 @@ def test_padding_invariance(input_layer, pos_enc):
             assert err <= 1e-5, f"utterance {i}"
 
 
-def test_nan_padding_never_reaches_valid_frames():
-    encoder = make_encoder().eval()
+@pytest.mark.parametrize("pos_enc", ["abs", "conv"])
+def test_nan_padding_never_reaches_valid_frames(pos_enc):
+    encoder = make_encoder(pos_enc=pos_enc).eval()
     ilens = [75, 40, 23]
     xs = torch.randn(3, 75, 20)
     for i, n in enumerate(ilens):
@@ -83,12 +86,14 @@ def test_nan_padding_never_reaches_valid_frames():
     assert all(torch.all(out[i, n:] == 0) for i, n in enumerate(olens.tolist()))
 
 
-def test_forward_backward_read_no_tensor_values():
+@pytest.mark.parametrize("pos_enc", ["abs", "conv"])
+def test_forward_backward_read_no_tensor_values(pos_enc):
     """The whole step runs on the meta device, where reading a tensor value on the
     host (``.item()``, ``int(t)``, ``bool(t)``, ``.tolist()``, a data-dependent
     shape) raises. So with ilens on a GPU, as ESPnet passes them, the encoder never
     makes the host wait for the GPU."""
-    encoder = make_encoder(num_blocks=3, interctc_layer_idx=[1]).train().to("meta")
+    encoder = make_encoder(num_blocks=3, interctc_layer_idx=[1], pos_enc=pos_enc)
+    encoder = encoder.train().to("meta")
     xs = torch.empty(3, 90, 20, device="meta", requires_grad=True)
     ilens = torch.empty(3, dtype=torch.long, device="meta")
     (out, inter), olens, _ = encoder(xs, ilens)
@@ -224,8 +229,9 @@ def test_interctc_outputs_and_conditioning():
     assert not torch.allclose(out_zero, out_c)
 
 
-def test_training_backward():
-    encoder = make_encoder().train()
+@pytest.mark.parametrize("pos_enc", ["abs", "conv"])
+def test_training_backward(pos_enc):
+    encoder = make_encoder(pos_enc=pos_enc).train()
     out, olens, _ = encoder(torch.randn(2, 50, 20), torch.tensor([50, 31]))
     out.square().sum().backward()
     for name, param in encoder.named_parameters():
@@ -250,6 +256,52 @@ def test_input_errors():
 
 
 @pytest.mark.parametrize(
+    "dtype, match",
+    [
+        (torch.float64, r"xs_pad is torch\.float64 but the encoder's parameters are "
+                        r"torch\.float32: .*encoder\.double\(\)"),
+        (torch.float16, r"xs_pad is torch\.float16 but .*torch\.float32.*torch\.autocast"),
+        (torch.bfloat16, r"xs_pad is torch\.bfloat16 but .*torch\.float32.*torch\.autocast"),
+        (torch.long, r"xs_pad must hold floating-point features, got torch\.int64"),
+    ],
+)
+def test_input_dtype_errors_name_the_dtypes_and_the_remedy(dtype, match):
+    encoder = make_encoder()
+    xs = torch.randn(2, 40, 20).to(dtype)
+    with pytest.raises(ValueError, match=match):
+        encoder(xs, torch.tensor([40, 30]))
+    if dtype in (torch.float64, torch.long):  # dtypes that autocast does not cast
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match=match):
+            encoder.forward_layers(xs, torch.tensor([40, 30]))
+
+
+@pytest.mark.parametrize("pos_enc", ["abs", "conv"])
+def test_float64_encoder_matches_float32(pos_enc):
+    encoder = make_encoder(pos_enc=pos_enc).eval()
+    xs = torch.randn(2, 60, 20)
+    ilens = torch.tensor([60, 37])
+    with torch.no_grad():
+        out32, _, _ = encoder(xs, ilens)
+        out64, _, _ = copy.deepcopy(encoder).double()(xs.double(), ilens)
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), out32, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_input_runs_under_autocast(dtype):
+    """float32 parameters, half-precision input, autocast (as ESPnet's use_amp)."""
+    encoder = make_encoder(pos_enc="conv").eval()
+    xs = torch.randn(2, 60, 20)
+    ilens = torch.tensor([60, 37])
+    with torch.no_grad():
+        reference, _, _ = encoder(xs, ilens)
+        with torch.autocast("cpu", dtype=dtype):
+            out, olens, _ = encoder(xs.to(dtype), ilens)
+    assert out.dtype == dtype and olens.tolist() == [14, 8]
+    assert (out.float() - reference).abs().max() <= 0.05 * reference.abs().max()
+
+
+@pytest.mark.parametrize(
     "kwargs, match",
     [
         (dict(output_size=0), "output_size"),
@@ -259,7 +311,10 @@ def test_input_errors():
         (dict(positional_dropout_rate=1.0), "positional_dropout_rate"),
         (dict(input_layer="embed"), "input_layer"),
         (dict(input_layer=None), "input_layer=None"),
-        (dict(pos_enc="rel"), "pos_enc"),
+        (dict(pos_enc="rel"), "pos_enc must be 'abs', 'conv' or 'none'"),
+        (dict(pos_enc="conv", pos_conv_kernel=0), "pos_conv_kernel must be a positive"),
+        (dict(pos_enc="conv", pos_conv_groups=3), "pos_conv_groups=3 must divide output_size=16"),
+        (dict(pos_enc="conv", pos_conv_groups=True), "pos_conv_groups must be a positive"),
         (dict(mamba_backend="tpu"), "mamba_backend"),
         (dict(interctc_layer_idx=[2]), "interctc_layer_idx"),
         (dict(interctc_layer_idx=[0]), "interctc_layer_idx"),

@@ -1,6 +1,7 @@
 """Tests of the MI analysis inputs: model discovery, utterance selection, audio reading,
 layer extraction (shapes, no padding frames, batch = one at a time) and the feature cache."""
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_run_mine_helpers as helpers  # noqa: E402
 
-from analysis import discover, features  # noqa: E402
+from analysis import discover, feature_cache, features, pairing  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +198,7 @@ def test_broken_checkpoint_raises_extraction_error(tmp_path):
     helpers.make_asr_model(tmp_path / "exp" / "asr_a", decoder=False, checkpoint="valid.loss.ave.pth")
     (tmp_path / "exp" / "asr_a" / "valid.loss.ave.pth").write_bytes(b"not a checkpoint")
     (entry,) = discover.discover_models(tmp_path / "exp")
-    with pytest.raises(features.ExtractionError, match="valid.loss.ave.pth: cannot be read"):
+    with pytest.raises(features.ExtractionError, match="valid.loss.ave.pth: not a model state dict"):
         features.build_extractor(entry, "cpu")
     # A state dict of another model: named keys are reported, nothing is loaded partly.
     torch.save({"encoder.foo": torch.zeros(1)}, tmp_path / "exp" / "asr_a" / "valid.loss.ave.pth")
@@ -255,11 +256,15 @@ def test_feature_cache_roundtrip_crop_and_float16_overflow(tmp_path):
             np.testing.assert_array_equal(array[:, 0], layer + np.arange(7))
     reopened = features.FeatureStore(tmp_path / "c.features")
     assert reopened.utt_ids == store.utt_ids
-    assert not (tmp_path / "c.features.tmp").exists()
+    assert not (tmp_path / "c.features.tmp").exists() and not list(tmp_path.glob("*.tmp"))
+    for utt in store.utt_ids:  # every layer runs at X's frame rate: X itself is its pair
+        x, t = store.pair(utt, 2)
+        assert store.x_index(utt, 2) == 0 and np.array_equal(x, store.get(utt, 0))
 
-    writer = features.FeatureWriter(tmp_path / "big.features")
-    writer.add("u", [np.array([[1.0e6, 1.0]]), np.array([[0.5, 0.25]])])
-    big = writer.close({})
+    with feature_cache.feature_writer(tmp_path / "big.features") as writer:
+        writer.add("u", [np.array([[1.0e6, 1.0]]), np.array([[0.5, 0.25]])])
+        writer.finish({})
+    big = features.FeatureStore(tmp_path / "big.features")
     assert big.get("u", 0).dtype == np.float32 and big.get("u", 0)[0, 0] == 1.0e6
     assert big.get("u", 1).dtype == np.float16
 
@@ -314,6 +319,68 @@ def test_ssl_finetuned_and_upstream_downstream_extraction(tmp_path):
         n_up, n_enc = stacked[0].shape[0], stacked[4].shape[0]
         assert stacked[5].shape[0] == n_enc and round(n_up / n_enc) == 2
         assert features.align_frames(stacked[0], n_enc).shape == (n_enc, 32)
+
+
+def test_cache_pairs_x_with_each_layer_at_extraction(tmp_path):
+    """An upstream + downstream model: the cache holds X paired with the downstream's
+    frames, cropped with the layers, equal to aligning the cached X afterwards."""
+    exp = helpers.make_stage12_recipe(tmp_path)
+    (entry,) = [e for e in discover.discover_models(exp) if e.name == "s3prl_conformer_mamba_hubert_it2_L9"]
+    utts = discover.select_utterances(discover.default_wav_scps(exp), 2, seed=0)
+    stores = {}
+    for max_frames in (None, 12):
+        stores[max_frames] = store = features.extract_features(
+            features.build_extractor(entry, "cpu"), utts, tmp_path / f"c{max_frames}.features", {}, tmp_path,
+            max_frames=max_frames)
+        assert store.meta["layer_names"] == ["X", "up1", "up2", "up3", "enc1", "enc2"]
+        for utt in store.utt_ids:
+            x = store.get(utt, 0)
+            assert store.x_index(utt, 1) == store.x_index(utt, 3) == 0
+            assert store.x_index(utt, 4) == store.x_index(utt, 5) == 6  # one aligned copy after the layers
+            paired, t = store.pair(utt, 5)
+            assert paired.shape == (t.shape[0], 2 * x.shape[1])
+            expected = pairing.align_frames(torch.from_numpy(np.array(x)), t.shape[0]).numpy()
+            np.testing.assert_array_equal(paired, expected)
+    for utt in stores[12].utt_ids:
+        full_x, full_t = stores[None].pair(utt, 5)
+        x, t = stores[12].pair(utt, 5)
+        assert stores[12].get(utt, 0).shape[0] == 12
+        assert t.shape[0] == math.ceil(12 * full_t.shape[0] / stores[None].get(utt, 0).shape[0])
+        np.testing.assert_array_equal(t, full_t[: t.shape[0]])
+
+
+def test_pair_with_layers_shares_one_x_per_frame_rate():
+    x = torch.arange(12.0).reshape(6, 2)
+    layers = [x, torch.zeros(6, 3), torch.zeros(3, 4), torch.zeros(3, 1), torch.zeros(12, 1)]
+    extra, x_index = pairing.pair_with_layers(layers)
+    assert x_index == [0, 5, 5, 6]
+    torch.testing.assert_close(extra[0], pairing.align_frames(x, 3))
+    torch.testing.assert_close(extra[1], x[torch.arange(12) // 2])
+
+
+def test_feature_writer_leaves_nothing_without_finish_or_on_error(tmp_path):
+    with pytest.raises(RuntimeError, match="without finish"):
+        with feature_cache.feature_writer(tmp_path / "a.features") as writer:
+            writer.add("u", [np.ones((2, 2)), np.ones((2, 1))])
+    with pytest.raises(KeyError):
+        with feature_cache.feature_writer(tmp_path / "b.features") as writer:
+            writer.add("u", [np.ones((2, 2)), np.ones((2, 1))])
+            raise KeyError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="x_index"):
+        with feature_cache.feature_writer(tmp_path / "c.features") as writer:
+            writer.add("u", [np.ones((2, 2)), np.ones((2, 1))], x_index=[3])
+
+
+def test_store_refuses_a_cache_of_another_format(tmp_path):
+    path = tmp_path / "old.features"
+    with feature_cache.feature_writer(path) as writer:
+        writer.add("u", [np.ones((2, 2)), np.ones((2, 1))])
+        writer.finish({})
+    data = path.read_bytes().replace(b'"version": 2', b'"version": 1')
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="format 1.*extract again"):
+        features.FeatureStore(path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

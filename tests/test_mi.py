@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import _rng
+from analysis import rng
 from analysis.engine import estimate_mi_batched
-from analysis.mi import ESTIMATORS, MIOptions, estimate_mi, resolve_options, standardize_frames
+from analysis.frames import standardize_frames
+from analysis.mi import ESTIMATORS, MIOptions, estimate_mi, resolve_options
 
 CASES = [(1, 0.8), (5, 0.5), (20, 0.3)]  # (d, rho): true MI 0.51, 0.72, 0.94 nats
 
@@ -59,8 +60,8 @@ def test_tolerance_rejects_an_unshuffled_marginal(monkeypatch):
         order = torch.where(self.valid, self.positions[None, :], torch.zeros_like(self.valid, dtype=torch.int64))
         return order, self.positions[None, :].expand_as(order).clone()
 
-    monkeypatch.setattr(_rng.ProblemRandom, "epoch", identity_epoch)
-    monkeypatch.setattr(_rng.ProblemRandom, "eval_permutation", lambda self: self.positions[None, :].clone())
+    monkeypatch.setattr(rng.ProblemRandom, "epoch", identity_epoch)
+    monkeypatch.setattr(rng.ProblemRandom, "eval_permutation", lambda self: self.positions[None, :].clone())
     x, y, true_mi = gaussian_pair(4000, 1, 0.8)
     value = estimate_mi(x, y, "mine", **SETTINGS["mine"])
     assert abs(value) < 1e-6

@@ -1,4 +1,5 @@
-"""Tests of the batched MI engine (analysis.engine) and its random streams (analysis._rng).
+"""Tests of the batched MI engine (analysis.engine, analysis.stacked_critics,
+analysis.chunking) and its random streams (analysis.rng).
 
 The reference is the plain one-pair loop ``analysis.mi.estimate_mi`` (torch.nn
 modules, torch.optim.Adam). With the same seed and the same sampled batches the
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis._rng import ProblemRandom, derive_seed, hash32
+from analysis import chunking, stacked_critics
+from analysis.bounds import make_bound
 from analysis.engine import estimate_mi_batched
-from analysis.mi import ESTIMATORS, estimate_mi
+from analysis.mi import ESTIMATORS, estimate_mi, resolve_options
+from analysis.rng import ProblemRandom, derive_seed, hash32
 
 SMALL = dict(hidden=(8, 8), epochs=3, batch_size=16, lr=1e-2, ema_alpha=0.3, dtype=torch.float64)
 # Shorter than one batch, exactly one batch, one frame over, several batches, two frames.
@@ -112,6 +115,31 @@ def test_shared_x_units_equal_separate_copies():
     np.testing.assert_allclose(copies, ref, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_shared_x_units_of_every_estimator_equal_the_loop(estimator):
+    """Units of 3 layers; the longest unit has a 4th batch alone (a step of one unit)."""
+    g = torch.Generator().manual_seed(2)
+    xs, ys = [], []
+    for n in (50, 17, 40):
+        x = torch.randn(n, 4, generator=g, dtype=torch.float64)
+        for layer in range(3):
+            xs.append(x)
+            ys.append(0.3 * (layer + 1) * x[:, :2] + torch.randn(n, 2, generator=g, dtype=torch.float64))
+    result = estimate_mi_batched(xs, ys, estimator=estimator, progress=False, **SMALL).estimates
+    np.testing.assert_allclose(result, loop_estimates(xs, ys, estimator, **SMALL), rtol=0, atol=1e-9)
+
+
+def test_precision_is_checked():
+    xs, ys = make_problems()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        estimate_mi_batched(xs, ys, precision="fp16", progress=False, **SMALL)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="precision='bf16' needs a CUDA device"):
+            estimate_mi_batched(xs, ys, precision="bf16", progress=False, **SMALL)
+    with pytest.raises(ValueError, match="precision='tf32' needs a CUDA device and dtype torch.float32"):
+        estimate_mi_batched(xs, ys, precision="tf32", device="cuda", progress=False, **SMALL)  # float64
+
+
 def test_per_problem_seeds():
     xs, ys = make_problems()
     seeds = [3, 7, derive_seed(0, "utt-1"), 0, 2 ** 40 + 1, 9]
@@ -177,6 +205,42 @@ def test_cuda_engine_equals_cpu_loop(estimator):
     ref = loop_estimates(xs, ys, estimator, device="cpu", **kwargs)
     result = estimate_mi_batched(xs, ys, estimator=estimator, device="cuda", progress=False, **kwargs)
     np.testing.assert_allclose(result.estimates, ref, rtol=0, atol=1e-8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_precisions_follow_float32():
+    """tf32 and bf16 train the same problems; their estimates stay near float32's."""
+    xs, ys = make_problems(lengths=[130, 300, 257, 90], dx=48, dy=32, dtype=torch.float32)
+    kwargs = dict(SMALL, dtype=torch.float32, hidden=(32, 32), epochs=10, lr=1e-3, batch_size=64, device="cuda",
+                  progress=False)
+    reference = estimate_mi_batched(xs, ys, **kwargs).estimates
+    for precision, tolerance in (("tf32", 0.02), ("bf16", 0.1)):
+        fast = estimate_mi_batched(xs, ys, precision=precision, **kwargs).estimates
+        assert np.all(np.isfinite(fast))
+        np.testing.assert_allclose(fast, reference, rtol=0, atol=tolerance)
+    assert torch.backends.cuda.matmul.fp32_precision != "tf32"  # restored after the call
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("estimator", ["mine", "mine-ema", "infonce"])
+def test_cuda_training_epochs_make_no_host_synchronisation(estimator):
+    xs, ys = make_problems(lengths=[130, 40, 77], dtype=torch.float32)
+    opts = resolve_options(None, **dict(SMALL, dtype=torch.float32, device="cuda"))
+    problems = [chunking.Problem(x, y, chunking.memory_key(x), 0) for x, y in zip(xs, ys)]
+    (units, group), = chunking.plan_chunks(problems, range(len(problems)), estimator == "infonce", opts, 2 ** 30, None)
+    chunk, _ = chunking.load_chunk(problems, units, group, torch.device("cuda"), opts, torch.float32)
+    rng, critics = stacked_critics.prepare_training(chunk, opts)
+    bound = make_bound(estimator, opts)
+    state = bound.initial_state(len(problems), opts.dtype, rng.device)
+    state = stacked_critics.train_epoch(chunk, rng, critics, bound, state, 0, opts)  # warm-up (Adam state, cuBLAS)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for epoch in (1, 2):
+            state = stacked_critics.train_epoch(chunk, rng, critics, bound, state, epoch, opts)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(stacked_critics.evaluate(chunk, rng, critics.params, bound, opts)).all()
 
 
 # ----------------------------------------------------------------------------- RNG

@@ -75,9 +75,9 @@ def test_failure_names_stage_log_and_resume_command(tiny_recipe, tmp_path):
     assert out.returncode != 0
     logs = "".join(p.read_text() for p in (work / "dump" / "raw" / "test_clean" / "logs").glob("dump.*.log"))
     assert f"{utt}: unreadable or corrupt audio {broken}" in logs
-    assert "Error: stage 3 failed" in out.stdout
-    assert "See the log: dump/raw/test_clean/logs/dump.*.log" in out.stdout
-    assert "resume with: ./run.sh --mini_preset tiny --train_threads 1 --stop_stage 3 --stage 3" in out.stdout
+    assert "Error: stage 3 failed" in out.stderr
+    assert "See the log: dump/raw/test_clean/logs/dump.*.log" in out.stderr
+    assert "resume with: ./run.sh --mini_preset tiny --train_threads 1 --stop_stage 3 --stage 3" in out.stderr
 
 
 def test_bad_option_stops_at_once(tiny_recipe):
@@ -85,7 +85,7 @@ def test_bad_option_stops_at_once(tiny_recipe):
     out = run_tiny(recipe, "--use_decoder", "maybe", "--stage", "20")
     assert out.returncode != 0 and "true or false" in out.stdout + out.stderr
     out = run_tiny(recipe, "--nbpe", "0", "--stage", "20")
-    assert out.returncode != 0 and "--nbpe must be a positive integer" in out.stdout
+    assert out.returncode != 0 and "--nbpe must be a positive integer" in out.stderr
 
 
 def test_decoding_with_ngram_and_neural_lm(tiny_recipe):

@@ -1,10 +1,13 @@
-"""Tests of the recipe's helper scripts: parse_options.sh, run.pl, split_scp.py,
+"""Tests of the recipe's helper scripts: parse_options.sh, common.sh, cmd.sh, run.pl,
+the local/*.sh conventions, asr_config.py, has_module.py, ssamba.sh, split_scp.py,
 score_wer.py, data_dir.py and make_results.py."""
 
 import importlib.util
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -112,7 +115,7 @@ def test_recipe_help_lists_all_options():
     assert out.returncode == 0, out.stderr
     names = {line.split()[0][2:] for line in out.stdout.splitlines() if line.strip().startswith("--")}
     # every `name=value  # comment` line above parse_options.sh is listed
-    script = (RECIPE / "mamba_mi.sh").read_text().split("utils/parse_options.sh")[0]
+    script = re.split(r"^recipe_init", (RECIPE / "mamba_mi.sh").read_text(), flags=re.MULTILINE)[0]
     declared = {line.split("=")[0] for line in script.splitlines() if "=" in line and "#" in line and line[:1].isalpha()}
     declared.discard("resume_cmd")
     assert declared and declared <= names
@@ -120,6 +123,284 @@ def test_recipe_help_lists_all_options():
                      "speed_perturb_factors", "nbpe", "asr_config", "inference_config", "use_lm", "use_ngram",
                      "mini_preset", "mini_seed", "mini_train_speakers"):
         assert expected in names
+
+
+@pytest.mark.parametrize("name", ["PATH", "HOME", "help_message", "undocumented", "_po_script"])
+def test_parse_options_accepts_only_the_scripts_declared_options(tmp_path, name):
+    # existing shell variables, and a variable of the script that is no documented option
+    script = _options_script(tmp_path)
+    script.write_text(script.read_text().replace("stage=1 ", "undocumented=1\nstage=1 "))
+    out = _run([str(script), f"--{name}", "/x"])
+    assert out.returncode == 1
+    assert f"invalid option --{name}: not an option of opts.sh" in out.stderr
+    assert out.stdout == ""
+
+
+# --------------------------------------------------------------------------
+# common.sh and cmd.sh
+
+
+def _shell_recipe(tmp_path: Path, body: str, cmd_sh: str = "") -> Path:
+    """A directory laid out like the recipe (utils/, path.sh, cmd.sh) with script.sh."""
+    shutil.copytree(UTILS, tmp_path / "utils")
+    (tmp_path / "path.sh").write_text("export SOURCED_PATH_SH=yes\n")
+    (tmp_path / "cmd.sh").write_text(cmd_sh or (RECIPE / "cmd.sh").read_text())
+    script = tmp_path / "script.sh"
+    script.write_text("#!/usr/bin/env bash\n. utils/common.sh\n" + textwrap.dedent(body))
+    script.chmod(0o755)
+    return script
+
+
+def test_recipe_init_parses_options_and_sources_path_and_cmd(tmp_path):
+    script = _shell_recipe(tmp_path, """\
+        ## General
+        stage=1          # first step
+        python=python3   # python
+        recipe_init "$@"
+        echo "stage=${stage} path_sh=${SOURCED_PATH_SH} train_cmd=${train_cmd} decode_cmd=${decode_cmd}"
+        """)
+    out = _run(["./script.sh", "--stage", "2"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "stage=2 path_sh=yes train_cmd=utils/run.pl decode_cmd=utils/run.pl"
+    assert re.match(r"^\S+ \(script\.sh:6:main\) \./script\.sh --stage 2$", out.stdout.splitlines()[0])
+    out = _run(["./script.sh", "--stage", "2", "stray"], cwd=tmp_path)
+    assert out.returncode == 1
+    assert re.fullmatch(r"\S+ \(script\.sh\) Error: unexpected arguments: stray\n", out.stderr)
+
+
+@pytest.mark.parametrize("args,message", [
+    ((1, 3), None), ((3, 3), None), ((13, 13), None),
+    (("abc", 3), "--stage must be an integer from 1 to 13, got 'abc'"),
+    ((1, "x"), "--stop_stage must be an integer from 1 to 13, got 'x'"),
+    ((0, 3), "--stage must be an integer from 1 to 13, got '0'"),
+    ((1, 14), "--stop_stage must be an integer from 1 to 13, got '14'"),
+    ((-1, 3), "--stage must be an integer from 1 to 13, got '-1'"),
+    ((5, 3), "--stage 5 comes after --stop_stage 3"),
+])
+def test_require_stages(tmp_path, args, message):
+    script = _shell_recipe(tmp_path, 'stage=$1 stop_stage=$2\nrequire_stages 13\necho ok\n')
+    out = _run(["./script.sh", *map(str, args)], cwd=tmp_path)
+    if message is None:
+        assert out.returncode == 0 and out.stdout == "ok\n" and out.stderr == ""
+    else:
+        assert out.returncode == 1 and out.stdout == ""
+        assert out.stderr.endswith(f"(script.sh) Error: {message}\n") or f"Error: {message}" in out.stderr
+
+
+def test_require_files_names_the_first_missing_file(tmp_path):
+    (tmp_path / "present").write_text("")
+    script = _shell_recipe(tmp_path, 'require_files "run stage 2 first" present absent also_absent\necho unreachable\n')
+    out = _run(["./script.sh"], cwd=tmp_path)
+    assert out.returncode == 1 and "unreachable" not in out.stdout
+    assert out.stderr.strip().endswith("Error: absent is missing: run stage 2 first")
+
+
+FAKE_TRAINER = """\
+import argparse, os, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("--output_dir")
+parser.add_argument("--checkpoint")
+parser.add_argument("--fail", default="no")
+args, _ = parser.parse_known_args()
+print("argv:", " ".join(sys.argv[1:]))
+print("OMP_NUM_THREADS =", os.environ["OMP_NUM_THREADS"])
+if args.fail == "yes":
+    sys.exit("fake trainer: diverged")
+if args.checkpoint:
+    open(os.path.join(args.output_dir, args.checkpoint), "w").write("weights")
+"""
+
+
+def test_train_espnet_marks_done_skips_and_refuses_other_options(tmp_path):
+    script = _shell_recipe(tmp_path, """\
+        python=python3 ngpu=$1 train_threads=3
+        . ./cmd.sh
+        exp=exp/$2 sig=$3
+        if ! is_trained "${exp}" "${sig}" model.pth; then
+            start_training "${exp}" "${sig}"
+            train_espnet "${exp}" "${sig}" model.pth fake_trainer --output_dir "${exp}" --config "a b.yaml" "${@:4}"
+        fi
+        echo finished
+        """)
+    (tmp_path / "fake_trainer.py").write_text(FAKE_TRAINER)
+    out = _run(["./script.sh", "0", "one", "sig1", "--checkpoint", "model.pth"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    exp = tmp_path / "exp" / "one"
+    assert (exp / ".done").read_text() == "sig1\n" and (exp / "model.pth").exists()
+    log = (exp / "train.log").read_text()
+    assert "argv: --ngpu 0 --output_dir exp/one --config a b.yaml --checkpoint model.pth" in log
+    assert "OMP_NUM_THREADS = 3" in log
+    again = _run(["./script.sh", "0", "one", "sig1"], cwd=tmp_path)
+    assert "exp/one: trained (.done); skipping" in again.stdout and "Training" not in again.stdout
+    other = _run(["./script.sh", "0", "one", "sig2"], cwd=tmp_path)
+    assert other.returncode == 1
+    assert "exp/one holds a training started with other options or data (sig1)" in other.stderr
+    # DDP with several GPUs; a failed training and one without its checkpoint are errors
+    _run(["./script.sh", "2", "ddp", "s", "--checkpoint", "model.pth"], cwd=tmp_path)
+    assert "--ngpu 2 --multiprocessing_distributed true --output_dir" in (tmp_path / "exp/ddp/train.log").read_text()
+    failed = _run(["./script.sh", "0", "failed", "s", "--fail", "yes"], cwd=tmp_path)
+    assert failed.returncode == 1 and "training failed; see exp/failed/train.log" in failed.stderr
+    assert "fake trainer: diverged" in (tmp_path / "exp/failed/train.log").read_text()
+    assert not (tmp_path / "exp/failed/.done").exists()
+    empty = _run(["./script.sh", "0", "empty", "s"], cwd=tmp_path)
+    assert empty.returncode == 1 and "training finished without exp/empty/model.pth" in empty.stderr
+
+
+def test_experiment_name_helpers(tmp_path):
+    script = _shell_recipe(tmp_path, """\
+        expdir=exp hubert_label_layer="6 9" baseline_label_layer=6
+        echo "$(layers_of mamba_hubert)|$(layers_of hubert)|$(it2_tag hubert 6)|$(ssl_it2_exp mamba_hubert 9)"
+        """)
+    out = _run(["./script.sh"], cwd=tmp_path)
+    assert out.stdout == "6 9|6|hubert_it2_L6|exp/ssl_mamba_hubert_it2_L9\n"
+
+
+@pytest.mark.parametrize("settings,train_cmd,decode_cmd", [
+    ("", "utils/run.pl", "utils/run.pl"),
+    ("cmd_backend=slurm", "utils/slurm.pl", "utils/slurm.pl"),
+    ("cmd_backend=slurm slurm_partition=cpu slurm_gpu_partition=gpu slurm_train_mem=32G slurm_decode_mem=4G "
+     "slurm_time=2:00:00 slurm_account=lab",
+     "utils/slurm.pl --partition cpu --gpu_partition gpu --account lab --time 2:00:00 --mem 32G",
+     "utils/slurm.pl --partition cpu --gpu_partition gpu --account lab --time 2:00:00 --mem 4G"),
+])
+def test_cmd_sh_backends(tmp_path, settings, train_cmd, decode_cmd):
+    cmd_sh = (RECIPE / "cmd.sh").read_text()
+    for setting in settings.split():
+        name = setting.split("=")[0]
+        cmd_sh, n = re.subn(rf"^{name}=\S*", setting, cmd_sh, flags=re.MULTILINE)
+        assert n == 1, name
+    _shell_recipe(tmp_path, ". ./cmd.sh\necho \"${train_cmd}|${decode_cmd}\"\n", cmd_sh)
+    out = _run(["./script.sh"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"{train_cmd}|{decode_cmd}\n"
+
+
+def test_cmd_sh_rejects_unknown_backend(tmp_path):
+    cmd_sh = (RECIPE / "cmd.sh").read_text().replace("cmd_backend=local", "cmd_backend=sge")
+    _shell_recipe(tmp_path, ". ./cmd.sh\necho unreachable\n", cmd_sh)
+    out = _run(["./script.sh"], cwd=tmp_path)
+    assert out.returncode == 1 and "cmd_backend must be local or slurm, got 'sge'" in out.stderr
+
+
+# --------------------------------------------------------------------------
+# The conventions of the recipe's scripts
+
+
+LOCAL_SCRIPTS = sorted(p.name for p in (RECIPE / "local").glob("*.sh"))
+
+
+def _recipe_copy(tmp_path: Path) -> Path:
+    recipe = tmp_path / "recipe"
+    for name in ("local", "utils", "conf"):
+        shutil.copytree(RECIPE / name, recipe / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("path.sh", "cmd.sh", "mamba_mi.sh"):
+        shutil.copy2(RECIPE / name, recipe / name)
+    return recipe
+
+
+def _recipe_env() -> dict:
+    return dict(os.environ, MAMBA_MI_ROOT=str(RECIPE.parents[2]), OMP_NUM_THREADS="1")
+
+
+@pytest.mark.parametrize("script", LOCAL_SCRIPTS)
+def test_every_local_script_takes_python_and_ngpu(tmp_path, script):
+    recipe = _recipe_copy(tmp_path)
+    out = _run(["bash", f"local/{script}", "--python", "python3", "--ngpu", "0", "--no_such_option", "1"],
+               cwd=recipe, env=_recipe_env())
+    assert out.returncode == 1
+    assert f"({script}) Error: invalid option --no_such_option" in out.stderr
+
+
+@pytest.mark.parametrize("script", ["mamba_mi.sh", *(f"local/{s}" for s in LOCAL_SCRIPTS)])
+def test_scripts_follow_the_shell_convention(script):
+    text = (RECIPE / script).read_text()
+    assert ". utils/common.sh" in text and re.search(r"^recipe_init \"\$@\"$", text, re.MULTILINE)
+    assert not re.search(r"^set -", text, re.MULTILINE)  # common.sh sets -Eeuo pipefail
+    code = "\n".join(line.split(" # ")[0] for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert not re.search(r"\bpython3? (-c|-m|\S+\.py)", code)  # Python runs as ${python}
+    assert not re.search(r'log "Error|echo .*>&2', code)  # errors go through die/error
+    assert "layers_of()" not in code and "_it2_L$" not in code  # the helpers of common.sh
+
+
+# --------------------------------------------------------------------------
+# local/asr_config.py, local/has_module.py
+
+
+@pytest.mark.parametrize("config,query,expected", [
+    ({"best_model_criterion": [["valid", "cer_ctc", "min"]]}, "checkpoint", "valid.cer_ctc.ave.pth"),
+    ({"best_model_criterion": [["train", "loss", "min"], ["valid", "acc", "max"]]}, "checkpoint",
+     "train.loss.ave.pth"),
+    ({"encoder": "conbimamba"}, "checkpoint", "valid.loss.ave.pth"),
+    ({"frontend": "default", "frontend_conf": {"n_fft": 512, "hop_length": 160}}, "frontend",
+     "default {'n_fft': 512, 'hop_length': 160}"),
+    ({}, "frontend", "None None"),
+    ({"decoder": "transformer", "model_conf": {"ctc_weight": 0.3}}, "has_decoder", "true"),
+    ({"decoder": "transformer", "model_conf": {"ctc_weight": 1.0}}, "has_decoder", "false"),
+    ({"decoder": None}, "has_decoder", "false"),
+])
+def test_asr_config_queries(tmp_path, config, query, expected):
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    out = _run([sys.executable, str(RECIPE / "local" / "asr_config.py"), query, str(path)])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == expected + "\n"
+
+
+def test_asr_config_bad_config(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("- a list\n")
+    out = _run([sys.executable, str(RECIPE / "local" / "asr_config.py"), "checkpoint", str(path)])
+    assert out.returncode == 1 and f"{path}: not a YAML mapping" in out.stderr
+    out = _run([sys.executable, str(RECIPE / "local" / "asr_config.py"), "checkpoint", str(tmp_path / "none.yaml")])
+    assert out.returncode == 1 and "none.yaml" in out.stderr
+
+
+@pytest.mark.parametrize("module,found", [("json", True), ("json.decoder", True), ("no_such_module_xyz", False),
+                                          ("no_such_package_xyz.sub", False), ("json.no_such_sub", False)])
+def test_has_module(module, found):
+    out = _run([sys.executable, str(RECIPE / "local" / "has_module.py"), module])
+    assert out.returncode == (0 if found else 1), out.stderr
+    assert out.stderr == ""
+
+
+# --------------------------------------------------------------------------
+# local/ssamba.sh (a fake pretraining module: the real one is tested in test_ssamba_train.py)
+
+
+FAKE_SSAMBA = """\
+import argparse, os, sys
+parser = argparse.ArgumentParser()
+for name in ("--config", "--wav_scp", "--output_dir", "--device", "--resume", "--max_steps"):
+    parser.add_argument(name)
+args = parser.parse_args()
+with open("calls.txt", "a") as f:
+    f.write(f"device={args.device} max_steps={args.max_steps}\\n")
+open(os.path.join(args.output_dir, "model.pth"), "w").write("weights")
+"""
+
+
+def test_ssamba_sh_ngpu_and_done_signature(tmp_path):
+    recipe = _recipe_copy(tmp_path)
+    (recipe / "dump/raw/train_clean_100").mkdir(parents=True)
+    (recipe / "dump/raw/train_clean_100/wav.scp").write_text("u1 /audio/u1.flac\n")
+    (recipe / "fake_ssamba.py").write_text(FAKE_SSAMBA)
+    cmd = ["bash", "local/ssamba.sh", "--ssamba_train_module", "fake_ssamba", "--ssamba_config", "conf/ssamba/mini.yaml"]
+    out = _run([*cmd, "--ngpu", "0"], cwd=recipe, env=_recipe_env())
+    assert out.returncode == 0, out.stdout + out.stderr
+    exp = recipe / "exp" / "ssamba_mini"
+    assert (exp / ".done").read_text().startswith("config=") and (exp / "model.pth").exists()
+    again = _run([*cmd, "--ngpu", "0"], cwd=recipe, env=_recipe_env())
+    assert "exp/ssamba_mini: trained (.done); skipping" in again.stdout
+    assert (recipe / "calls.txt").read_text() == "device=cpu max_steps=None\n"
+    # another --max_steps is another signature; a GPU run uses cuda (one GPU)
+    out = _run([*cmd, "--ngpu", "2", "--max_steps", "5"], cwd=recipe, env=_recipe_env())
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (recipe / "calls.txt").read_text().splitlines()[-1] == "device=cuda max_steps=5"
+    assert "--device cuda" in (exp / "log" / "ssamba_train.log").read_text()
+    out = _run([*cmd, "--ngpu", "many"], cwd=recipe, env=_recipe_env())
+    assert out.returncode == 1 and "--ngpu must be a non-negative integer, got 'many'" in out.stderr
+    out = _run([*cmd, "--train_set", "nothing"], cwd=recipe, env=_recipe_env())
+    assert out.returncode == 1 and "dump/raw/nothing/wav.scp is missing: run the data stages first" in out.stderr
 
 
 # --------------------------------------------------------------------------
@@ -164,6 +445,25 @@ def test_run_pl_runs_in_parallel_and_respects_max_jobs(tmp_path):
     out = _run([str(UTILS / "run.pl"), "--max_jobs_run", "1", "JOB=1:3", str(tmp_path / "s.JOB.log"), "bash", "-c", job])
     assert out.returncode == 0, out.stderr
     assert all(int((tmp_path / f"seen.{i}").read_text()) == 1 for i in range(1, 4))
+
+
+def test_run_pl_passes_each_argument_as_one_word(tmp_path):
+    # nothing in an argument reaches the shell: no command, no expansion, no syntax error
+    out = _run([str(UTILS / "run.pl"), "log", "echo", "x;touch${IFS}f", "dir(1)", "$HOME", "*", "a  b", ""],
+               cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "f").exists()
+    assert "x;touch${IFS}f dir(1) $HOME * a  b \n" in (tmp_path / "log").read_text()
+
+
+def test_run_pl_operator_words_act_as_shell(tmp_path):
+    out = _run([str(UTILS / "run.pl"), "JOB=1:2", "log.JOB", "echo", "part", "JOB", ">", "out.JOB", "&&",
+                "sh", "-c", "echo oops >&2", "2>&1", "|", "tr", "a-z", "A-Z", ";", "echo", "done", ">>", "out.JOB"],
+               cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for i in (1, 2):
+        assert (tmp_path / f"out.{i}").read_text() == f"part {i}\ndone\n"
+        assert "OOPS" in (tmp_path / f"log.{i}").read_text()
 
 
 def test_run_pl_rejects_bad_range(tmp_path):

@@ -22,7 +22,9 @@ import test_run_mine_helpers as helpers  # noqa: E402
 from analysis import features, report, run_mine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--n_utts", "5", "--epochs", "3", "--mine_batch_size", "16", "--n_boot", "200", "--progress", "off"]
+# The paper's per-utterance MINE as the main curve: these tests check the driver's mechanics.
+QUICK = ["--n_utts", "5", "--epochs", "3", "--mine_batch_size", "16", "--n_boot", "200", "--progress", "off",
+         "--estimator", "mine", "--cross_check", "none", "--calibrate", "off"]
 MODELS = ["asr_conbimamba_ctc", "asr_conbimamba_dec", "asr_conformer_ctc"]
 
 
@@ -97,7 +99,7 @@ def test_full_run_writes_results_plots_and_verdicts(recipe, capsys):
         assert data["n_utts"] == 5 and len(data["layers"]) == 3
         assert data["options"]["epochs"] == 3 and data["x_description"]
         # The layer means are the means of the saved per-utterance estimates.
-        saved = json.loads((out / "estimates" / f"{name}.json").read_text())["values"]
+        saved = json.loads((out / "estimates" / f"{name}.mine.json").read_text())["values"]
         for j, layer in enumerate(["1", "2", "3"]):
             values = [saved[u][layer][0] for u in saved]
             assert len(values) == 5
@@ -110,7 +112,8 @@ def test_full_run_writes_results_plots_and_verdicts(recipe, capsys):
     assert (out / "plots" / "compare_decoder_conbimamba.png").stat().st_size > 1000
     summary = (out / "RESULTS.md").read_text()
     for name in MODELS:
-        assert f"| {name} | espnet-asr | 3 | 5 |" in summary
+        checkpoint = Path(json.loads((out / f"{name}.json").read_text())["checkpoint"]).name
+        assert f"| {name} | espnet-asr | {checkpoint} | 3 | 5 |" in summary
     assert json.loads((out / "summary.json").read_text())["settings"]["n_utts_used"] == 5
     assert not list(out.rglob("*.tmp"))
 
@@ -129,7 +132,7 @@ def test_second_run_reuses_features_and_estimates(recipe, monkeypatch):
     assert {name: (exp / "mi" / f"{name}.csv").read_text() for name in MODELS} == before
 
     # Forget two estimates of one model: only those two are computed again.
-    path = exp / "mi" / "estimates" / "asr_conformer_ctc.json"
+    path = exp / "mi" / "estimates" / "asr_conformer_ctc.mine.json"
     saved = json.loads(path.read_text())
     utt = sorted(saved["values"])[0]
     del saved["values"][utt]["1"], saved["values"][utt]["3"]
@@ -165,7 +168,7 @@ def test_interrupted_run_resumes_to_the_same_results(recipe, pristine, monkeypat
     CountingEngine(monkeypatch, fail_on_call=3)
     with pytest.raises(KeyboardInterrupt):
         run_mine.main(args)
-    saved = json.loads((exp / "mi" / "estimates" / "asr_conbimamba_dec.json").read_text())["values"]
+    saved = json.loads((exp / "mi" / "estimates" / "asr_conbimamba_dec.mine.json").read_text())["values"]
     assert sum(len(v) for v in saved.values()) == 8  # two finished calls of 4 problems
     resumed = CountingEngine(monkeypatch)
     assert run_mine.main(args) == 0
@@ -237,17 +240,17 @@ def test_options_out_wav_scp_max_frames(recipe):
     assert data["n_utts"] == 3 and data["max_frames"] == 12
     assert all(r["mean_log_n"] == pytest.approx(math.log(12)) for r in data["layers"])
     assert not (out / "asr_conbimamba_dec.json").exists() and not (out / "plots").exists()
-    saved = json.loads((out / "estimates" / "asr_conbimamba_ctc.json").read_text())["values"]
+    saved = json.loads((out / "estimates" / "asr_conbimamba_ctc.mine.json").read_text())["values"]
     assert all(u.startswith("dev_clean") for u in saved)
 
 
-def test_summarize_layers_against_numpy():
+def test_layer_rows_against_numpy():
     rng = np.random.default_rng(0)
     est = rng.normal(1.0, 0.3, size=(40, 3))
     est[3, 1] = np.nan
     frames = np.full(est.shape, 50.0)
     est[5, 2] = math.log(50.0) - 0.1  # flagged near log n
-    rows = report.summarize_layers(est, frames, ["a", "b", "c"], seed=0, n_boot=500)
+    rows = report.layer_rows(est, frames, ["a", "b", "c"], seed=0, n_boot=500)
     assert [r["n_utts"] for r in rows] == [40, 39, 40]
     col = est[:, 1][np.isfinite(est[:, 1])]
     assert rows[1]["mean_mi"] == pytest.approx(col.mean())

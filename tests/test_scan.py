@@ -197,7 +197,7 @@ def test_backend_selection(monkeypatch):
     assert resolve_backend("auto", cpu) == "torch"
     assert resolve_backend("torch", cpu) == "torch"
     with pytest.raises(ValueError, match="backend"):
-        resolve_backend("triton", cpu)
+        resolve_backend("tpu", cpu)
     u, delta, A, B, C, *_ = make_inputs(1, 2, 2, 4)
     with pytest.raises(ValueError, match="backend"):
         selective_scan(u, delta, A, B, C, backend="fast")

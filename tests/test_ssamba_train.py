@@ -65,7 +65,7 @@ def run(config: Path, scp: Path, out: Path, *extra: str) -> None:
         ["--config", str(config), "--wav_scp", str(scp), "--output_dir", str(out),
          "--device", "cpu", *extra]
     )
-    ssamba_train.train(args)
+    ssamba_train.run(args)
 
 
 @pytest.fixture(autouse=True)

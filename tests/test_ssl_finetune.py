@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import espnet_mamba.tasks  # noqa: F401  (registers hubert_finetune)
+from espnet_mamba import registry
 from espnet_mamba.ssl.finetune import SSLFinetuneEncoder
 from espnet_mamba.ssl.model import load_ssl_model, ssl_hidden_states
+
+registry.register()  # hubert_finetune and conbimamba in ESPnet's tasks
 
 DATA = Path(__file__).resolve().parent / "data" / "s3prl_upstream"
 

@@ -7,9 +7,12 @@ import pytest
 import soundfile
 import torch
 
+from espnet_mamba import registry
+from espnet_mamba.io import read_wav_scp
 from espnet_mamba.ssl import kmeans
-from espnet_mamba.ssl.kmeans import MfccFeatures, SslLayerFeatures, fit_kmeans, num_frames, read_wav_scp
+from espnet_mamba.ssl.kmeans import MfccFeatures, SslLayerFeatures, fit_kmeans, num_frames
 
+registry.register()  # the layer features of a conbimamba model
 DATA = Path(__file__).resolve().parent / "data" / "s3prl_upstream"
 
 
@@ -95,10 +98,10 @@ def test_layer_features_shapes():
 
 def test_wav_scp_errors(tmp_path):
     scp = tmp_path / "wav.scp"
-    with pytest.raises(FileNotFoundError, match="wav.scp: no such wav.scp"):
+    with pytest.raises(FileNotFoundError, match="wav.scp: no such wav.scp file"):
         read_wav_scp(scp)
     scp.write_text("a x.flac\nb sox x.flac -t wav - |\n")
-    with pytest.raises(ValueError, match=r"wav.scp:2: pipe entries are not supported"):
+    with pytest.raises(ValueError, match=r"wav.scp:2: piped command entries are not supported"):
         read_wav_scp(scp)
     scp.write_text("a x.flac\na y.flac\n")
     with pytest.raises(ValueError, match=r"wav.scp:2: utterance 'a' appears twice"):

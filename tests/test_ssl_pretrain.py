@@ -76,8 +76,9 @@ def test_pretraining_steps_through_the_entry_point(tmp_path, encoder):
 
     from s3prl.nn import S3PRLUpstream
 
-    import s3prl_upstream  # noqa: F401
+    import s3prl_upstream
 
+    s3prl_upstream.register()
     upstream = S3PRLUpstream("mamba_mi_hubert_local", path_or_url=str(out / "latest.pth")).eval()
     with torch.no_grad():
         hs, lens = upstream(torch.randn(1, 8000), torch.tensor([8000]))

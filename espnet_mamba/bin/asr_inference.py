@@ -3,8 +3,11 @@
 Usage: ``python -m espnet_mamba.bin.asr_inference [ESPnet's asr_inference options]``
 """
 
-import espnet_mamba.tasks  # noqa: F401  (registers our classes into ESPnet's tasks)
 from espnet2.bin.asr_inference import main
+
+from espnet_mamba.bin import register
+
+register()  # before ESPnet builds its parser and the model
 
 if __name__ == "__main__":
     main()

@@ -3,13 +3,17 @@
 Usage: ``python -m espnet_mamba.bin.asr_train [ESPnet's asr_train options]``
 """
 
-import espnet_mamba.tasks  # noqa: F401  (registers our classes into ESPnet's tasks)
 from espnet2.tasks.asr import ASRTask
-from espnet_mamba.bin import ForkDataWorkersInRanks
+
+from espnet_mamba.bin import EntryPointTask, register
+
+# before ESPnet builds its parser; the ranks that ESPnet spawns import this module too
+register()
 
 
-class Task(ForkDataWorkersInRanks, ASRTask):
-    """ESPnet's ASRTask; with several GPUs its ranks fork their data workers."""
+class Task(EntryPointTask, ASRTask):
+    """ESPnet's ASRTask; an unreadable checkpoint.pth is set aside before resuming, and
+    with several GPUs its ranks fork their data workers."""
 
 
 def main(cmd=None):

@@ -3,13 +3,17 @@
 Usage: ``python -m espnet_mamba.bin.hubert_train [ESPnet's hubert_train options]``
 """
 
-import espnet_mamba.tasks  # noqa: F401  (registers our classes into ESPnet's tasks)
 from espnet2.tasks.hubert import HubertTask
-from espnet_mamba.bin import ForkDataWorkersInRanks
+
+from espnet_mamba.bin import EntryPointTask, register
+
+# before ESPnet builds its parser; the ranks that ESPnet spawns import this module too
+register()
 
 
-class Task(ForkDataWorkersInRanks, HubertTask):
-    """ESPnet's HubertTask; with several GPUs its ranks fork their data workers."""
+class Task(EntryPointTask, HubertTask):
+    """ESPnet's HubertTask; an unreadable checkpoint.pth is set aside before resuming, and
+    with several GPUs its ranks fork their data workers."""
 
 
 def main(cmd=None):

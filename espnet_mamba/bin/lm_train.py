@@ -3,13 +3,17 @@
 Usage: ``python -m espnet_mamba.bin.lm_train [ESPnet's lm_train options]``
 """
 
-import espnet_mamba.tasks  # noqa: F401  (registers our classes into ESPnet's tasks)
 from espnet2.tasks.lm import LMTask
-from espnet_mamba.bin import ForkDataWorkersInRanks
+
+from espnet_mamba.bin import EntryPointTask, register
+
+# before ESPnet builds its parser; the ranks that ESPnet spawns import this module too
+register()
 
 
-class Task(ForkDataWorkersInRanks, LMTask):
-    """ESPnet's LMTask; with several GPUs its ranks fork their data workers."""
+class Task(EntryPointTask, LMTask):
+    """ESPnet's LMTask; an unreadable checkpoint.pth is set aside before resuming, and
+    with several GPUs its ranks fork their data workers."""
 
 
 def main(cmd=None):

@@ -9,24 +9,23 @@ sequence the output it gets alone.
 :class:`Padding` holds the tensors that describe the padding of a batch (lengths,
 padding mask, reversal index). An encoder builds it once per forward pass and hands
 it to every layer, so that no layer recomputes them or reads lengths on the host.
+
+On the Triton backend both directions run as one stack of ``2 * d_inner`` channels:
+one input projection, one convolution and one selective scan for both, with the
+backward direction reading each sequence reversed within its length inside the
+kernels (no reversed copies).
 """
 
 from typing import Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from espnet_mamba.nn.mamba import Mamba
+from espnet_mamba.nn.mamba import Mamba, _at_least_float32
+from espnet_mamba.nn.selective_scan import resolve_backend, reverse_index, selective_scan
 
 __all__ = ["BiMamba", "Padding", "lengths_from_mask", "resolve_padding", "reverse_padded"]
-
-
-def _reverse_index(lengths: torch.Tensor, length: int) -> torch.Tensor:
-    """Time index ``(B, L)`` of the in-length reversal: ``lengths[b] - 1 - t`` where
-    ``t < lengths[b]``, else ``t``."""
-    t = torch.arange(length, device=lengths.device)
-    lengths = lengths.unsqueeze(1)
-    return torch.where(t < lengths, lengths - 1 - t, t)
 
 
 def reverse_padded(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -51,7 +50,7 @@ def reverse_padded(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> t
     batch, length = x.shape[:2]
     if lengths.shape != (batch,):
         raise ValueError(f"lengths must be ({batch},), got shape {tuple(lengths.shape)}")
-    index = _reverse_index(lengths.to(device=x.device, dtype=torch.long), length)
+    index = reverse_index(lengths.to(device=x.device, dtype=torch.long), length)
     index = index.reshape(batch, length, *([1] * (x.dim() - 2))).expand_as(x)
     return x.gather(1, index)
 
@@ -117,7 +116,7 @@ class Padding:
         self.lengths = lengths.long().clamp(0, self.max_len)
         t = torch.arange(self.max_len, device=lengths.device)
         self.pad = (t >= self.lengths.unsqueeze(1)).unsqueeze(2)
-        self.reverse_index = _reverse_index(self.lengths, self.max_len).unsqueeze(2)
+        self.reverse_index = reverse_index(self.lengths, self.max_len).unsqueeze(2)
         self._expanded: Dict[int, torch.Tensor] = {}
         self._valid: Dict[torch.dtype, torch.Tensor] = {}
 
@@ -193,7 +192,8 @@ class BiMamba(nn.Module):
         d_state: State size of each Mamba block.
         d_conv: Causal convolution kernel size of each Mamba block.
         expand: Inner-size factor of each Mamba block.
-        backend: Selective-scan backend, ``"auto"``, ``"torch"`` or ``"cuda"``.
+        backend: Selective-scan backend, ``"auto"``, ``"torch"``, ``"cuda"`` or
+            ``"triton"`` (both directions in one launch).
         **mamba_kwargs: Further arguments of :class:`Mamba` (``dt_rank``, ...).
 
     Example:
@@ -246,6 +246,10 @@ class BiMamba(nn.Module):
         """
         shared = padding is not None  # the caller zeroes padding where it needs to
         padding = resolve_padding(x, mask, lengths, padding)
+        if resolve_backend(self.mamba_fwd.backend, x.device) == "triton":
+            forward_out, backward_out = self._both_directions(x, padding)
+            out = self.out_proj(torch.cat((forward_out, backward_out), dim=-1))
+            return out if padding is None or shared else out.masked_fill(padding.pad, 0.0)
         forward_out = self.mamba_fwd(x)
         if padding is None:
             backward_out = self.mamba_bwd(x.flip(1)).flip(1)
@@ -255,3 +259,70 @@ class BiMamba(nn.Module):
         if padding is not None and not shared:
             out = out.masked_fill(padding.pad, 0.0)
         return out
+
+    def _both_directions(self, x: torch.Tensor, padding: Optional[Padding]):
+        """Both Mamba blocks as one stack of channels, on the Triton kernels.
+
+        Channels ``[0, E)`` hold the forward block, ``[E, 2E)`` the backward block
+        (``E = d_inner``); the backward half reads each sequence reversed within its
+        length in the convolution and the scan, and writes in input order.
+
+        Args:
+            x: ``(B, L, d_model)``.
+            padding: The batch's padding, or None (all frames valid).
+
+        Returns:
+            The two blocks' outputs ``(B, L, d_model)`` each, in input time order.
+        """
+        from espnet_mamba.nn.triton_conv import triton_causal_conv1d  # imports Triton
+
+        fwd, bwd = self.mamba_fwd, self.mamba_bwd
+        inner, rank, n_state = fwd.d_inner, fwd.dt_rank, fwd.d_state
+        batch, length, d_model = x.shape
+        lengths = None if padding is None else padding.lengths
+        reverse = (False, True)
+
+        def stack(name, rows=slice(None)):
+            """A parameter of both blocks, forward block first, along dim 0."""
+            first, second = fwd.get_parameter(name), bwd.get_parameter(name)
+            return torch.cat((first[rows], second[rows]))
+
+        # xz: (B, 4E, L) with rows x_fwd, x_bwd, z_fwd, z_bwd (channel-major, as in Mamba).
+        in_rows, gate_rows = slice(0, inner), slice(inner, 2 * inner)
+        w_in = torch.cat((stack("in_proj.weight", in_rows), stack("in_proj.weight", gate_rows)))
+        x_rows = x.reshape(batch * length, d_model).t()
+        if fwd.in_proj.bias is None:
+            xz = torch.mm(w_in, x_rows)
+        else:
+            b_in = torch.cat((stack("in_proj.bias", in_rows), stack("in_proj.bias", gate_rows)))
+            xz = torch.addmm(b_in.unsqueeze(1), w_in, x_rows)
+        xz = xz.view(4 * inner, batch, length).permute(1, 0, 2)
+        x_in, z = xz[:, : 2 * inner], xz[:, 2 * inner :]
+
+        conv_bias = stack("conv1d.bias") if fwd.conv1d.bias is not None else None
+        x_in = triton_causal_conv1d(
+            x_in, stack("conv1d.weight")[:, 0], conv_bias, lengths=lengths, reverse=reverse
+        )  # (B, 2E, L)
+        # Per-direction projections as one batched product over the direction axis.
+        w_x = torch.stack((fwd.x_proj.weight, bwd.x_proj.weight))  # (2, R + 2N, E)
+        x_dbl = torch.matmul(w_x, x_in.view(batch, 2, inner, length))  # (B, 2, R + 2N, L)
+        w_dt = torch.stack((fwd.dt_proj.weight, bwd.dt_proj.weight))  # (2, E, R)
+        dt = torch.matmul(w_dt, x_dbl[:, :, :rank]).view(batch, 2 * inner, length)
+        y = selective_scan(
+            x_in,
+            dt,
+            -torch.exp(_at_least_float32(stack("A_log"))),
+            x_dbl[:, :, rank : rank + n_state],  # B: (B, 2, N, L)
+            x_dbl[:, :, rank + n_state :],
+            D=_at_least_float32(stack("D")),
+            z=z,
+            delta_bias=_at_least_float32(stack("dt_proj.bias")),
+            delta_softplus=True,
+            lengths=lengths,
+            reverse=reverse,
+            backend="triton",
+        )  # (B, 2E, L)
+        y = y.transpose(1, 2)  # (B, L, 2E)
+        forward_out = F.linear(y[..., :inner], fwd.out_proj.weight, fwd.out_proj.bias)
+        backward_out = F.linear(y[..., inner:], bwd.out_proj.weight, bwd.out_proj.bias)
+        return forward_out, backward_out

@@ -2,9 +2,10 @@
 
 The state-dict keys and shapes are those of mamba_ssm's module (``in_proj``,
 ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``), so weights move
-between the two. The selective scan runs on mamba_ssm's CUDA kernel when it is
-available and the input is on a GPU, else on the pure-PyTorch scan of
-:mod:`espnet_mamba.nn.selective_scan`.
+between the two. The selective scan runs on the backend that
+:func:`espnet_mamba.nn.selective_scan.resolve_backend` picks: mamba_ssm's CUDA kernel,
+the Triton kernels (which also run the causal convolution, so that no compiled
+extension is needed) or the pure-PyTorch scan.
 """
 
 import math
@@ -66,7 +67,8 @@ class Mamba(nn.Module):
         dt_init_floor: Lower clamp of the initial step sizes.
         conv_bias: Bias in the depthwise convolution.
         bias: Bias in ``in_proj`` and ``out_proj``.
-        backend: Selective-scan backend: ``"auto"``, ``"torch"`` or ``"cuda"``.
+        backend: Selective-scan backend: ``"auto"``, ``"torch"``, ``"cuda"`` or
+            ``"triton"``.
         device: Device of the parameters.
         dtype: Dtype of the parameters (``A_log`` and ``D`` stay float32).
 
@@ -203,6 +205,10 @@ class Mamba(nn.Module):
             x_in = causal_conv1d_fn(
                 x_in, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
             )
+        elif backend == "triton":
+            from espnet_mamba.nn.triton_conv import triton_causal_conv1d  # imports Triton
+
+            x_in = triton_causal_conv1d(x_in, self.conv1d.weight[:, 0], self.conv1d.bias)
         else:
             x_in = F.silu(self.conv1d(x_in)[..., :length])
 

@@ -16,16 +16,11 @@ from espnet_mamba.ssamba.checkpoint import (
     read_checkpoint,
     save_ssamba,
 )
+from espnet_mamba.ssamba.config import SIZES, SSAMBAConfig, ssamba_config
+from espnet_mamba.ssamba.extraction import LayerFeatures
 from espnet_mamba.ssamba.features import PUBLIC_NORM_STATS, compute_fbank, fbank_batch
-from espnet_mamba.ssamba.model import (
-    SIZES,
-    SSAMBA,
-    BiMambaV2,
-    LayerFeatures,
-    SSAMBAConfig,
-    VimBlock,
-    ssamba_config,
-)
+from espnet_mamba.ssamba.model import SSAMBA
+from espnet_mamba.ssamba.vim import BiMambaV2, VimBlock
 from espnet_mamba.ssamba.pretrain import PretrainLoss, cluster_mask, pretrain_loss
 
 __all__ = [

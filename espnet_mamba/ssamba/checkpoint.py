@@ -11,24 +11,22 @@ Two formats are read:
   state dict, no prefix) and ``"config"`` (:class:`SSAMBAConfig` as a dict, with the
   normalization statistics of the pretraining data).
 
-Writes are atomic: a temporary file in the target directory renamed over the target.
+Writes are atomic (:func:`espnet_mamba.io.atomic_torch_save`).
 """
 
 import logging
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from espnet_mamba.ssamba.model import SIZES, SSAMBA, SSAMBAConfig
+from espnet_mamba.io import atomic_torch_save, torch_load
+from espnet_mamba.ssamba.config import SIZES, SSAMBAConfig
+from espnet_mamba.ssamba.model import SSAMBA
 
 __all__ = [
-    "atomic_torch_save",
-    "file_mode",
     "infer_config",
     "load_ssamba",
     "read_checkpoint",
@@ -58,31 +56,6 @@ def strip_prefix(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
     if keys and all(k.startswith(_PREFIX) for k in keys):
         return {k[len(_PREFIX):]: v for k, v in state_dict.items()}
     return dict(state_dict)
-
-
-def file_mode() -> int:
-    """Permissions of a new regular file under the current umask (0o644 usually)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then renamed over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _listing(names: List[str]) -> str:
@@ -180,12 +153,7 @@ def read_checkpoint(
         ValueError: The file is not a checkpoint of a known format.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    obj = torch_load(path, map_location)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         return strip_prefix(obj["model"]), obj.get("config")
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

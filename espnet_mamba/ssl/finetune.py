@@ -32,8 +32,8 @@ from typing import Optional, Tuple
 
 import torch
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
-from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
 
+from espnet_mamba.espnet_compat import make_pad_mask
 from espnet_mamba.ssl.model import build_ssl_model, load_ssl_config, load_ssl_model, ssl_features
 
 __all__ = ["SSLFinetuneEncoder", "mask_channels"]

@@ -22,12 +22,13 @@ Outputs, for each output directory::
 
 where ``<dset>`` is the name of each input data directory.
 
-Example:
-    python -m espnet_mamba.ssl.kmeans --feature mfcc --n_clusters 100 \\
+Example (``python -m espnet_mamba.bin.kmeans`` runs :func:`main`)::
+
+    python -m espnet_mamba.bin.kmeans --feature mfcc --n_clusters 100 \\
         --fit_data_dir dump/raw/train_clean_100 \\
         --data_dirs dump/raw/train_clean_100 dump/raw/dev \\
         --out_dir dump/ssl/it1_mfcc_km100
-    python -m espnet_mamba.ssl.kmeans --feature ssl --layers 6 9 --n_clusters 500 \\
+    python -m espnet_mamba.bin.kmeans --feature ssl --layers 6 9 --n_clusters 500 \\
         --ssl_model exp/ssl_mamba_hubert_it1/latest.pth ... \\
         --out_dir "dump/ssl/it2_mamba_hubert_L{layer}_km500"
 """
@@ -36,22 +37,24 @@ import argparse
 import json
 import logging
 import pickle
-import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from espnet_mamba.io import atomic_write, atomic_write_text, read_mono_audio, read_wav_scp
+from espnet_mamba.ssl.model import load_ssl_model, num_encoder_layers, ssl_hidden_states
+
 __all__ = [
     "UNK",
     "MfccFeatures",
     "SslLayerFeatures",
     "fit_kmeans",
+    "get_parser",
     "iter_wav_scp",
     "main",
     "num_frames",
-    "read_wav_scp",
     "write_labels",
     "write_token_list",
 ]
@@ -65,55 +68,16 @@ def num_frames(num_samples: int, window: int = 400, stride: int = 320) -> int:
     return max(0, (num_samples - window) // stride + 1)
 
 
-def read_wav_scp(path: Path) -> Dict[str, str]:
-    """Read a Kaldi ``wav.scp`` whose entries are audio file paths.
+def iter_wav_scp(scp: Path, keys: Optional[Sequence[str]] = None) -> Iterator[Tuple[str, np.ndarray]]:
+    """Yield ``(utt, waveform (N,) float32)`` for the entries of a wav.scp (16 kHz mono files).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: A line is malformed, a key repeats, or an entry is a command
-            (``... |``), which this tool does not run.
+        FileNotFoundError, ValueError: See :func:`espnet_mamba.io.read_wav_scp`.
+        espnet_mamba.io.AudioError: Unreadable audio, another rate, several channels.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such wav.scp")
-    entries = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.strip().split(maxsplit=1)
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{lineno}: expected '<utt> <audio file>', got {line.strip()!r}")
-            key, value = parts
-            if value.endswith("|"):
-                raise ValueError(f"{path}:{lineno}: pipe entries are not supported (dump the audio first): {value!r}")
-            if key in entries:
-                raise ValueError(f"{path}:{lineno}: utterance {key!r} appears twice")
-            entries[key] = value
-    if not entries:
-        raise ValueError(f"{path}: no utterances")
-    return entries
-
-
-def _read_audio(path: str, scp: Path, key: str) -> np.ndarray:
-    import soundfile
-
-    try:
-        wav, rate = soundfile.read(path, dtype="float32", always_2d=False)
-    except Exception as e:
-        raise ValueError(f"{scp}: cannot read audio of {key!r} from {path}: {e}") from e
-    if rate != SAMPLE_RATE:
-        raise ValueError(f"{path} (utterance {key!r} of {scp}): sample rate {rate} Hz, expected {SAMPLE_RATE}")
-    if wav.ndim != 1:
-        raise ValueError(f"{path} (utterance {key!r} of {scp}): {wav.shape[1]} channels, expected mono")
-    return wav
-
-
-def iter_wav_scp(scp: Path, keys: Optional[Sequence[str]] = None) -> Iterator[Tuple[str, np.ndarray]]:
-    """Yield ``(utt, waveform (N,) float32)`` for the entries of a wav.scp."""
     entries = read_wav_scp(scp)
     for key in keys if keys is not None else entries:
-        yield key, _read_audio(entries[key], Path(scp), key)
+        yield key, read_mono_audio(entries[key], SAMPLE_RATE, name=f"{key} of {scp}")
 
 
 class MfccFeatures:
@@ -164,6 +128,9 @@ class MfccFeatures:
 class SslLayerFeatures:
     """Hidden states of chosen layers of a pretrained mamba-mi HuBERT model.
 
+    The model's encoder must be registered in ESPnet's SSL task
+    (:func:`espnet_mamba.registry.register`; ``python -m espnet_mamba.bin.kmeans`` does).
+
     Args:
         model_file: SSL checkpoint (``config.yaml`` beside it unless ``config_file``).
         layers: Layer indices: 0 is the input of the first encoder layer, ``i`` the
@@ -176,8 +143,6 @@ class SslLayerFeatures:
     """
 
     def __init__(self, model_file: str, layers: Sequence[int], config_file: Optional[str] = None, device: str = "cpu"):
-        from espnet_mamba.ssl.model import load_ssl_model, num_encoder_layers
-
         if not layers:
             raise ValueError("layers is empty: give at least one layer index")
         self.model, config = load_ssl_model(model_file, config_file, device=device)
@@ -195,8 +160,6 @@ class SslLayerFeatures:
     @torch.no_grad()
     def __call__(self, wav: np.ndarray) -> Dict[int, np.ndarray]:
         """Features of one utterance: ``{layer: (T, D)}``."""
-        from espnet_mamba.ssl.model import ssl_hidden_states
-
         x = torch.from_numpy(np.asarray(wav, dtype=np.float32))[None].to(self.device)
         hs, lens = ssl_hidden_states(self.model, x, torch.tensor([x.shape[1]], device=self.device))
         n = int(lens[0])
@@ -248,17 +211,12 @@ def fit_kmeans(
 
 def write_token_list(path: Path, n_clusters: int) -> None:
     """Token list of the SSL task: the cluster ids ``0 ... K-1`` (ids equal labels), then ``<unk>``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{i}\n" for i in range(n_clusters)) + f"{UNK}\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(f"{i}\n" for i in range(n_clusters)) + f"{UNK}\n")
 
 
 def write_labels(out_dir: Path, labels: Dict[str, np.ndarray], num_samples: Dict[str, int]) -> None:
     """Write ``text``, ``text_shape`` and ``speech_shape`` of one data set (sorted by utterance)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     keys = sorted(labels)
     files = {
         "text": (f"{k} {' '.join(map(str, labels[k].tolist()))}\n" for k in keys),
@@ -266,10 +224,8 @@ def write_labels(out_dir: Path, labels: Dict[str, np.ndarray], num_samples: Dict
         "speech_shape": (f"{k} {num_samples[k]}\n" for k in keys),
     }
     for name, lines in files.items():
-        tmp = out_dir / f".{name}.tmp"
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_write(out_dir / name) as f:
             f.writelines(lines)
-        tmp.replace(out_dir / name)
 
 
 def _sample_fit_frames(
@@ -302,7 +258,7 @@ def _out_dirs(template: str, layers: Sequence[Optional[int]]) -> Dict[Optional[i
 
 
 def get_parser() -> argparse.ArgumentParser:
-    """Command-line options of ``python -m espnet_mamba.ssl.kmeans``."""
+    """Command-line options of ``python -m espnet_mamba.bin.kmeans``."""
     parser = argparse.ArgumentParser(
         description="K-means pseudo labels (MFCC or SSL layer features) for HuBERT pretraining",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -356,12 +312,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         km = fit_kmeans(feats, args.n_clusters, args.seed, args.batch_size, args.max_iter, args.n_init)
         models[layer] = km
         out = out_dirs[layer]
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / "kmeans.pkl").open("wb") as f:
+        with atomic_write(out / "kmeans.pkl", "wb") as f:
             pickle.dump(km, f)
         info = dict(extractor.description, layer=layer, n_clusters=args.n_clusters, fit_data_dir=args.fit_data_dir,
                     fit_frames=int(feats.shape[0]), inertia_per_frame=float(km.inertia_) / max(1, feats.shape[0]))
-        (out / "kmeans.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(out / "kmeans.json", json.dumps(info, indent=2) + "\n")
         write_token_list(out / "tokens.txt", args.n_clusters)
         logging.info(f"k-means ({args.n_clusters} clusters) fit for layer {layer}: {info}")
 
@@ -379,11 +334,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for layer in models:
             write_labels(out_dirs[layer] / name, labels[layer], num_samples)
         logging.info(f"labelled {len(num_samples)} utterances of {data_dir}")
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(1)

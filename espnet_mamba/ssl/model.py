@@ -9,7 +9,9 @@ optional normalize, a linear preencoder and a ``conbimamba`` (Mamba-HuBERT) or
 
 Unlike ``AbsTask.build_model_from_file`` (which loads with ``strict=False``), loading
 here is strict, so a checkpoint of another model fails with an error that names the
-file instead of silently giving a randomly initialised network.
+file instead of silently giving a randomly initialised network. Building a model
+with the ``conbimamba`` encoder needs it registered in ESPnet's SSL task first
+(:func:`espnet_mamba.registry.register`).
 
 Hidden states follow S3PRL's convention: ``hidden_states[0]`` is the input of the
 first encoder layer and ``hidden_states[i]`` the output of layer ``i``; the last one
@@ -26,10 +28,13 @@ Example:
 import argparse
 import copy
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import yaml
+
+from espnet_mamba.espnet_compat import make_pad_mask
+from espnet_mamba.io import CheckpointError, load_state_dict_strict, read_state_dict
 
 __all__ = [
     "NotOurCheckpointError",
@@ -50,8 +55,9 @@ SUPPORTED_ENCODERS = ("conbimamba", "transformer")
 _SUPPORTED_FRONTENDS = ("wav2vec_cnn",)
 
 
-class NotOurCheckpointError(ValueError):
-    """A file is not a mamba-mi HuBERT checkpoint (or its config)."""
+# A file that is not a mamba-mi HuBERT checkpoint (or its config): raised here for the
+# config and by espnet_mamba.io for the weights.
+NotOurCheckpointError = CheckpointError
 
 
 def load_ssl_config(model_file: Union[str, Path], config_file: Optional[Union[str, Path]] = None) -> Tuple[dict, Path]:
@@ -112,30 +118,21 @@ def check_ssl_config(config, source: Union[str, Path] = "config") -> None:
         )
 
 
-def _read_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
-    if not model_file.is_file():
-        raise FileNotFoundError(f"{model_file}: no such model file")
-    try:
-        # weights_only: a model file holds tensors only; anything else is not ours
-        # (ESPnet's resumable checkpoint.pth, which also pickles the trainer state,
-        # is refused too: use latest.pth, valid.*.pth or NNepoch.pth).
-        state = torch.load(model_file, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, zip errors, non-tensor payloads ...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NotOurCheckpointError(
-            f"{model_file}: not a model state dict (a file of tensors written by ESPnet's trainer, "
-            f"e.g. latest.pth or valid.loss.best.pth, is expected): {first_line}"
-        ) from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise NotOurCheckpointError(f"{model_file}: not a model state dict (a mapping of names to tensors expected)")
-    return state
-
-
 def build_ssl_model(config: dict) -> torch.nn.Module:
-    """The ``ESPnetSSLModel`` that a (checked) SSL config describes, randomly initialised."""
-    import espnet_mamba.tasks  # noqa: F401  (registers conbimamba into the SSL task)
-    from espnet2.tasks.ssl import SSLTask
+    """The ``ESPnetSSLModel`` that a (checked) SSL config describes, randomly initialised.
 
+    Raises:
+        RuntimeError: ESPnet's SSL task does not know the config's encoder (for
+            ``conbimamba``: :func:`espnet_mamba.registry.register` was not called).
+    """
+    from espnet2.tasks.ssl import SSLTask, encoder_choices
+
+    if config["encoder"] not in encoder_choices.classes:
+        raise RuntimeError(
+            f"ESPnet's SSL task does not know the encoder '{config['encoder']}': call "
+            f"espnet_mamba.registry.register() first (the entry points python -m espnet_mamba.bin.* "
+            f"and the S3PRL upstream do)"
+        )
     return SSLTask.build_model(argparse.Namespace(**copy.deepcopy(config)))
 
 
@@ -161,6 +158,7 @@ def load_ssl_model(
         FileNotFoundError: A file is missing.
         NotOurCheckpointError: The config or the weights are not those of a mamba-mi
             HuBERT model (or not of ``expected_encoder``).
+        RuntimeError: The encoder is not registered (see :func:`build_ssl_model`).
     """
     model_file = Path(model_file)
     config, config_path = load_ssl_config(model_file, config_file)
@@ -168,23 +166,10 @@ def load_ssl_model(
         raise NotOurCheckpointError(
             f"{config_path}: the checkpoint has encoder '{config['encoder']}', not '{expected_encoder}'"
         )
-    state = _read_state_dict(model_file)
+    # only a state dict: ESPnet's resumable checkpoint.pth (trainer state too) is refused
+    state = read_state_dict(model_file)
     model = build_ssl_model(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise NotOurCheckpointError(
-            f"{model_file}: weights do not match the model of {config_path}: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
-    wrong = [k for k in expected if expected[k].shape != state[k].shape]
-    if wrong:
-        raise NotOurCheckpointError(
-            f"{model_file}: tensor shapes differ from the model of {config_path}, e.g. {wrong[0]}: "
-            f"{tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)}"
-        )
-    model.load_state_dict(state, strict=True)
+    load_state_dict_strict(model, state, model_file, config_path)
     model.to(device).eval()
     return model, config
 
@@ -245,8 +230,6 @@ def ssl_features(
         feats, lens = model.normalize(feats, lens)
     if getattr(model, "preencoder", None) is not None:
         feats, lens = model.preencoder(feats, lens)
-    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
-
     pad = make_pad_mask(lens, maxlen=feats.size(1)).to(feats.device)
     return feats.masked_fill(pad.unsqueeze(-1), 0.0), lens
 
@@ -274,8 +257,6 @@ def encoder_layer_outputs(
         return list(hs), olens
 
     from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
-    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
-
     if not isinstance(encoder, TransformerEncoder):
         raise ValueError(
             f"cannot read per-layer hidden states of {type(encoder).__name__}: "
@@ -311,7 +292,5 @@ def ssl_hidden_states(
     """
     feats, lens = ssl_features(model, speech, speech_lengths)
     hs, olens = encoder_layer_outputs(model.encoder, feats, lens)
-    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
-
     pad = make_pad_mask(olens, maxlen=hs[0].size(1)).to(hs[0].device).unsqueeze(-1)
     return [h.masked_fill(pad, 0.0) for h in hs], olens

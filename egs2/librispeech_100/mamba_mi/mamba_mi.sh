@@ -9,10 +9,8 @@
 # Every stage skips work that is complete for the same options (a .done file
 # holding the options, written last), writes its outputs atomically, and can be
 # resumed after a failure or a kill: ./run.sh --stage N [same options].
-set -Eeuo pipefail
-
-. utils/common.sh  # log, is_done, mark_done and the other shared helpers
-SECONDS=0
+. utils/common.sh  # set -Eeuo pipefail, log, die, recipe_init and the shared helpers
+. conf/presets.sh  # mini_corpus_sizes
 resume_cmd=${MAMBA_MI_RESUME:-$0$(printf ' %q' "$@")}
 
 ## General
@@ -80,16 +78,7 @@ mi_args=""              # extra options of analysis/run_mine.py (stage 13)
 help_message="Usage: $0 [options]   (run from the recipe directory; see run.sh)
   e.g. $0 --stage 1 --stop_stage 10 --use_decoder false"
 
-log "$0 $*"
-. utils/parse_options.sh
-
-if [ $# -ne 0 ]; then
-    log "Error: unexpected arguments: $*"
-    exit 1
-fi
-
-. ./path.sh
-. ./cmd.sh
+recipe_init "$@"
 
 current_stage=0
 current_log=""
@@ -98,9 +87,9 @@ on_exit() {
     local rc=$?
     # stage 0: the checks of the options, which say what is wrong themselves
     { [ "${rc}" -eq 0 ] || [ "${current_stage}" -eq 0 ]; } && return "${rc}"
-    log "Error: stage ${current_stage} failed (exit code ${rc}${failed_line:+, mamba_mi.sh line ${failed_line}})."
-    [ -n "${current_log}" ] && log "See the log: ${current_log}"
-    log "After fixing the problem, resume with: ${resume_cmd} --stage ${current_stage}"
+    error "stage ${current_stage} failed (exit code ${rc}${failed_line:+, mamba_mi.sh line ${failed_line}})."
+    [ -n "${current_log}" ] && error "See the log: ${current_log}"
+    error "After fixing the problem, resume with: ${resume_cmd} --stage ${current_stage}"
     return "${rc}"
 }
 trap 'failed_line=${LINENO}' ERR
@@ -121,31 +110,50 @@ end_stage() {
 # options true or false)
 require_int 1 nj inference_nj nbpe ngram_num train_threads
 require_int 0 ngpu inference_ngpu
-case "${corpus}" in
-    mini | librispeech) ;;
-    *) log "Error: --corpus must be mini or librispeech, got '${corpus}'"; exit 1 ;;
+require_stages 13
+require_number min_wav_duration max_wav_duration
+check_preset_names "${corpus}" "${mini_preset}"
+mini_corpus_sizes "${mini_preset}"
+require_int 1 mini_train_speakers mini_train_utts mini_eval_speakers mini_eval_utts
+require_int 0 mini_lm_sentences
+if [ "${corpus}" = mini ] && [ -n "${librispeech_dir}" ]; then
+    die "--librispeech_dir is for --corpus librispeech (the mini corpus is synthesized)"
+fi
+case "${bpemode}" in
+    unigram | bpe) ;;
+    *) die "--bpemode must be unigram or bpe, got '${bpemode}'" ;;
 esac
-case "${mini_preset}" in
-    tiny) preset_sizes=(4 10 2 4 400) ;;
-    default) preset_sizes=(48 50 6 20 20000) ;;
-    *) log "Error: --mini_preset must be tiny or default, got '${mini_preset}'"; exit 1 ;;
-esac
-mini_train_speakers=${mini_train_speakers:-${preset_sizes[0]}}
-mini_train_utts=${mini_train_utts:-${preset_sizes[1]}}
-mini_eval_speakers=${mini_eval_speakers:-${preset_sizes[2]}}
-mini_eval_utts=${mini_eval_utts:-${preset_sizes[3]}}
-mini_lm_sentences=${mini_lm_sentences:-${preset_sizes[4]}}
+for factor in ${speed_perturb_factors}; do
+    [[ ${factor} =~ ^[0-9]*\.?[0-9]+$ ]] && [[ ! ${factor} =~ ^[0.]+$ ]] \
+        || die "--speed_perturb_factors must hold positive numbers, got '${factor}'"
+done
+for layer in ${hubert_label_layer}; do
+    [[ ${layer} =~ ^[0-9]+$ ]] || die "--hubert_label_layer must hold layer numbers, got '${layer}'"
+done
+# the sets stage 1 makes; any other set must be a data dir of the user's
+for name in train_set valid_set test_sets; do
+    [ -n "${!name// /}" ] || die "--${name} is empty"
+    for dset in ${!name}; do
+        case " train_clean_100 dev_clean dev_other test_clean test_other dev " in
+            *" ${dset} "*) ;;
+            *) [ -s "data/${dset}/wav.scp" ] || die "--${name}: unknown set ${dset} (stage 1 makes train_clean_100, dev, dev_clean, dev_other, test_clean and test_other; data/${dset}/wav.scp does not exist)" ;;
+        esac
+    done
+done
+for name in bpe_train_text lm_train_text; do
+    for file in ${!name}; do
+        [ -f "${file}" ] || die "--${name} ${file}: no such file"
+    done
+done
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 7 ]; then
     for name in asr_config inference_config; do
         if [ -z "${!name}" ] || [ ! -f "${!name}" ]; then
-            log "Error: --${name} '${!name}': no such file (run.sh sets it from --corpus/--mini_preset/--use_decoder)"
-            exit 1
+            die "--${name} '${!name}': no such file (run.sh sets it from --corpus/--mini_preset/--use_decoder)"
         fi
     done
 fi
 if "${use_lm}" && [ ${stop_stage} -ge 6 ] && { [ -z "${lm_config}" ] || [ ! -f "${lm_config}" ]; }; then
-    log "Error: --use_lm true needs --lm_config FILE, got '${lm_config}'"
-    exit 1
+    die "--use_lm true needs --lm_config FILE, got '${lm_config}'"
 fi
 
 # The entry points of espnet_mamba register our encoder; fall back to ESPnet's own
@@ -153,7 +161,7 @@ fi
 for var in asr_train_module asr_inference_module lm_train_module; do
     module=${!var}
     if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 6 ] && [[ ${module} == espnet_mamba.* ]] \
-        && ! ${python} -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('${module}') is None)" 2>/dev/null; then
+        && ! ${python} local/has_module.py "${module}" 2>/dev/null; then
         fallback=espnet2.bin.${module##*.}
         log "Warning: ${module} not found; using ${fallback} (the conbimamba encoder is not available there)"
         printf -v "${var}" '%s' "${fallback}"
@@ -178,7 +186,7 @@ fi
 asr_exp=${expdir}/asr_${asr_tag}
 if [ -z "${inference_asr_model}" ] && [ -f "${asr_config}" ]; then
     # the average of the best checkpoints by the config's first criterion, as ESPnet names it
-    inference_asr_model=$(${python} -c "import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); p, m = (c.get('best_model_criterion') or [['valid', 'loss']])[0][:2]; print(f'{p}.{m}.ave.pth')" "${asr_config}")
+    inference_asr_model=$(${python} local/asr_config.py checkpoint "${asr_config}")
 fi
 ngram_exp=${expdir}/ngram
 lm_exp=${expdir}/lm_$(basename "${lm_config:-none}" .yaml)_bpe${nbpe}
@@ -205,14 +213,10 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     if "${outputs_ok}" && is_done data "${sig}"; then
         log "Stage 1: data/ is complete for these options (data/.done); skipping"
     else
-        if [ "${corpus}" = mini ] && [ -n "${librispeech_dir}" ]; then
-            log "Error: --librispeech_dir is for --corpus librispeech (the mini corpus is synthesized)"
-            exit 1
-        fi
         mkdir -p data
         rm -f data/.done
         current_log="(the output above)"
-        local/data.sh --corpus "${corpus}" --librispeech_dir "${librispeech_dir}" \
+        local/data.sh --python "${python}" --corpus "${corpus}" --librispeech_dir "${librispeech_dir}" \
             --download_dir "${download_dir}" --download_lm_text "${download_lm_text}" --nj "${nj}" \
             --mini_seed "${mini_seed}" --mini_train_speakers "${mini_train_speakers}" \
             --mini_train_utts "${mini_train_utts}" --mini_eval_speakers "${mini_eval_speakers}" \
@@ -224,6 +228,7 @@ fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     begin_stage 2 "Speed perturbation: factors '${speed_perturb_factors}'"
+    [ -z "${speed_perturb_factors}" ] || require_files "run stage 1 first" data/.done "data/${orig_train_set}/wav.scp"
     if [ -z "${speed_perturb_factors}" ]; then
         log "Stage 2: no --speed_perturb_factors; skipping"
     elif sig="factors=${speed_perturb_factors} from=$(cat data/.done)" && is_done "data/${train_set}" "${sig}"; then
@@ -243,6 +248,10 @@ fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     begin_stage 3 "Dump audio (16 kHz flac): data/ -> ${data_feats}/"
+    for dset in ${train_set} ${valid_set} ${test_sets}; do
+        if [ "${dset}" = "${train_set}" ] && [ -n "${speed_perturb_factors}" ]; then hint="run stage 2 first"; else hint="run stage 1 first"; fi
+        require_files "${hint}" "data/${dset}/wav.scp" "data/${dset}/text"
+    done
     for dset in ${train_set} ${valid_set} ${test_sets}; do
         if [ "${dset}" = "${train_set}" ] || [ "${dset}" = "${valid_set}" ]; then
             out=${data_feats}/org/${dset}
@@ -279,6 +288,7 @@ fi
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     begin_stage 4 "Remove utterances shorter than ${min_wav_duration}s or longer than ${max_wav_duration}s"
+    require_files "run stage 3 first" "${data_feats}/org/${train_set}/.done" "${data_feats}/org/${valid_set}/.done"
     for dset in ${train_set} ${valid_set}; do
         src=${data_feats}/org/${dset}
         out=${data_feats}/${dset}
@@ -296,10 +306,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
         rm -f "${src}/keep.tmp"
         ${python} utils/data_dir.py subset "${src}" "${out}" --keys "${src}/keep"
         log "${out}: kept $(wc -l <"${out}/wav.scp") of $(wc -l <"${src}/wav.scp") utterances"
-        if [ ! -s "${out}/wav.scp" ]; then
-            log "Error: no utterance of ${src} lies within ${min_wav_duration}-${max_wav_duration}s"
-            exit 1
-        fi
+        [ -s "${out}/wav.scp" ] || die "no utterance of ${src} lies within ${min_wav_duration}-${max_wav_duration}s"
         mark_done "${out}" "${sig}"
     done
     end_stage
@@ -308,6 +315,7 @@ fi
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     begin_stage 5 "sentencepiece ${bpemode} tokens (nbpe=${nbpe}) -> ${token_dir}"
     _bpe_text=${bpe_train_text:-${data_feats}/${train_set}/text}
+    require_files "run stage 4 first" "${_bpe_text}"
     sig="nbpe=${nbpe} mode=${bpemode} text=$(sig_of "${_bpe_text}")"
     if is_done "${token_dir}" "${sig}"; then
         log "${token_dir}: complete (.done); skipping"
@@ -334,7 +342,9 @@ fi
 
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     begin_stage 6 "Language models: token-level ${ngram_num}-gram (KenLM)$("${use_lm}" && echo " and a neural LM")"
+    require_files "run stage 5 first" "${token_dir}/.done"
     lm_text_files=(${lm_train_text:-${data_feats}/${train_set}/text})
+    require_files "run stage 4 first" "${lm_text_files[@]}"
     if [ -z "${lm_train_text}" ] && [ -f data/local/other_text/text ]; then
         lm_text_files+=(data/local/other_text/text)
     fi
@@ -344,10 +354,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
         log "${ngram_exp}: complete (.done); skipping"
     else
         for tool in lmplz build_binary; do
-            command -v "${tool}" >/dev/null || {
-                log "Error: ${tool} not found on PATH (tools/install.sh builds it into .venv/bin)"
-                exit 1
-            }
+            command -v "${tool}" >/dev/null || die "${tool} not found on PATH (tools/install.sh builds it into .venv/bin)"
         done
         mkdir -p "${ngram_exp}"
         rm -f "${ngram_exp}/.done"
@@ -409,7 +416,9 @@ fi
 
 if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
     begin_stage 7 "Feature statistics (collect_stats) -> ${asr_stats_dir}"
-    sig="train=$(cat "${data_feats}/${train_set}/.done") valid=$(cat "${data_feats}/${valid_set}/.done") tokens=$(cat "${token_dir}/.done") frontend=$(${python} -c "import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); print(c.get('frontend'), c.get('frontend_conf'))" "${asr_config}")"
+    require_files "run stage 4 first" "${data_feats}/${train_set}/.done" "${data_feats}/${valid_set}/.done"
+    require_files "run stage 5 first" "${token_dir}/.done"
+    sig="train=$(cat "${data_feats}/${train_set}/.done") valid=$(cat "${data_feats}/${valid_set}/.done") tokens=$(cat "${token_dir}/.done") frontend=$(${python} local/asr_config.py frontend "${asr_config}")"
     if is_done "${asr_stats_dir}" "${sig}"; then
         log "${asr_stats_dir}: complete (.done); skipping"
     else
@@ -445,23 +454,17 @@ fi
 
 if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
     begin_stage 8 "ASR training ($("${use_decoder}" && echo "+ Decoder" || echo "- Decoder")): ${asr_config} -> ${asr_exp}"
+    require_files "run stage 7 first" "${asr_stats_dir}/.done"
     # the same test as the "+ Decoder" / "- Decoder" labels of RESULTS.md
-    has_decoder=$(${python} -c "import sys, yaml; sys.path.insert(0, 'local'); from make_results import has_decoder; print(str(has_decoder(yaml.safe_load(open(sys.argv[1])))).lower())" "${asr_config}")
+    has_decoder=$(${python} local/asr_config.py has_decoder "${asr_config}")
     if [ "${has_decoder}" != "${use_decoder}" ]; then
-        log "Error: --use_decoder ${use_decoder} but ${asr_config} $([ "${has_decoder}" = true ] && echo has || echo "has no") decoder"
-        exit 1
+        die "--use_decoder ${use_decoder} but ${asr_config} $([ "${has_decoder}" = true ] && echo has || echo "has no") decoder"
     fi
     sig="config=$(sig_of "${asr_config}") stats=$(sig_of "${asr_stats_dir}/.done") args=${asr_args}"
-    if is_done "${asr_exp}" "${sig}"; then
-        log "${asr_exp}: trained (.done); skipping"
-    else
-        start_training "${asr_exp}" "${sig}" || { log "       (or choose another --asr_tag)"; exit 1; }
-        dist_opts=()
-        [ "${ngpu}" -gt 1 ] && dist_opts=(--multiprocessing_distributed true)
+    if ! is_trained "${asr_exp}" "${sig}" "${inference_asr_model}"; then
+        start_training "${asr_exp}" "${sig}"
         current_log=${asr_exp}/train.log
-        log "Training; follow it with: tail -f ${current_log}"
-        OMP_NUM_THREADS=${train_threads} ${train_cmd} --gpu "${ngpu}" "${current_log}" \
-            ${python} -m "${asr_train_module}" --ngpu "${ngpu}" "${dist_opts[@]}" \
+        train_espnet "${asr_exp}" "${sig}" "${inference_asr_model}" "${asr_train_module}" \
             --use_preprocessor true "${token_opts[@]}" \
             --train_data_path_and_name_and_type "${data_feats}/${train_set}/wav.scp,speech,sound" \
             --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text" \
@@ -474,68 +477,33 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
             --normalize global_mvn --normalize_conf stats_file="${asr_stats_dir}/train/feats_stats.npz" \
             --frontend_conf fs=16k --fold_length 80000 --fold_length 150 --resume true \
             --output_dir "${asr_exp}" --config "${asr_config}" ${asr_args}
-        if [ ! -e "${asr_exp}/${inference_asr_model}" ]; then
-            log "Error: training finished without ${asr_exp}/${inference_asr_model}"
-            exit 1
-        fi
-        mark_done "${asr_exp}" "${sig}"
     fi
     end_stage
 fi
 
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
     begin_stage 9 "Decoding ${test_sets} with ${asr_exp}/${inference_asr_model} (${inference_config})"
+    require_files "run stage 8 first" "${asr_exp}/.done" "${asr_exp}/${inference_asr_model}"
+    decode_data=()
+    for dset in ${test_sets}; do
+        require_files "run stage 3 first" "${data_feats}/${dset}/wav.scp"
+        decode_data+=("${dset}=${data_feats}/${dset}")
+    done
     decode_opts=()
     if "${use_ngram}"; then
+        require_files "run stage 6 first" "${ngram_exp}/${ngram_num}gram.bin"
         decode_opts+=(--ngram_file "${ngram_exp}/${ngram_num}gram.bin")
         [ -n "${ngram_weight}" ] && decode_opts+=(--ngram_weight "${ngram_weight}")
     fi
     if "${use_lm}"; then
+        require_files "run stage 6 with --use_lm true first" "${lm_exp}/valid.loss.ave.pth"
         decode_opts+=(--lm_train_config "${lm_exp}/config.yaml" --lm_file "${lm_exp}/valid.loss.ave.pth")
     fi
     sig="model=$(sig_of "${asr_exp}/.done") config=$(sig_of "${inference_config}") opts=${decode_opts[*]} args=${inference_args}"
     decode_dir=${asr_exp}/decode_${inference_tag}
-    pending=()
-    for dset in ${test_sets}; do
-        if is_done "${decode_dir}/${dset}" "${sig}"; then
-            log "${decode_dir}/${dset}: complete (.done); skipping"
-        else
-            pending+=("${dset}")
-        fi
-    done
-    if [ ${#pending[@]} -gt 0 ]; then
-        # All pending sets in one pass, so that each job loads the model once.
-        logdir=${decode_dir}/logdir
-        rm -rf "${logdir}"
-        mkdir -p "${logdir}"
-        for dset in "${pending[@]}"; do cat "${data_feats}/${dset}/wav.scp"; done | sort >"${logdir}/wav.scp"
-        duplicates=$(cut -d' ' -f1 "${logdir}/wav.scp" | uniq -d | head -n 3)
-        if [ -n "${duplicates}" ]; then
-            log "Error: utterance ids shared by the test sets ${pending[*]}, e.g. ${duplicates//$'\n'/ }"
-            exit 1
-        fi
-        _nj=$(min "${inference_nj}" "$(wc -l <"${logdir}/wav.scp")")
-        ${python} utils/split_scp.py --num_parts "${_nj}" "${logdir}/wav.scp" "${logdir}/keys.JOB.scp"
-        current_log=${logdir}/asr_inference.*.log
-        log "Decoding ${pending[*]} ($(wc -l <"${logdir}/wav.scp") utterances) in ${_nj} jobs (log ${logdir}/asr_inference.JOB.log)"
-        ${decode_cmd} --gpu "${inference_ngpu}" JOB=1:"${_nj}" "${logdir}/asr_inference.JOB.log" \
-            ${python} -m "${asr_inference_module}" --batch_size 1 --ngpu "${inference_ngpu}" \
-            --data_path_and_name_and_type "${logdir}/wav.scp,speech,sound" \
-            --key_file "${logdir}/keys.JOB.scp" --asr_train_config "${asr_exp}/config.yaml" \
-            --asr_model_file "${asr_exp}/${inference_asr_model}" --output_dir "${logdir}/output.JOB" \
-            --config "${inference_config}" "${decode_opts[@]}" ${inference_args}
-        current_log=""
-        for i in $(seq "${_nj}"); do cat "${logdir}/output.${i}/1best_recog/text"; done | sort >"${logdir}/text"
-        for dset in "${pending[@]}"; do
-            out=${decode_dir}/${dset}
-            mkdir -p "${out}"
-            # hypotheses of this set (an empty hypothesis may lack its line: scoring counts it empty)
-            awk 'NR == FNR { keep[$1] = 1; next } ($1 in keep)' "${data_feats}/${dset}/wav.scp" "${logdir}/text" >"${out}/text.tmp"
-            mv "${out}/text.tmp" "${out}/text"
-            cp "${inference_config}" "${out}/inference_config.yaml"
-            mark_done "${out}" "${sig}"
-        done
-    fi
+    current_log=${decode_dir}/logdir/asr_inference.*.log
+    decode_sets "${asr_exp}" "${asr_exp}/${inference_asr_model}" "${inference_config}" "${decode_dir}" "${sig}" \
+        "${decode_data[@]}" -- "${decode_opts[@]}"
     end_stage
 fi
 
@@ -543,10 +511,7 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
     begin_stage 10 "Scoring (jiwer) and ${results}"
     for dset in ${test_sets}; do
         out=${asr_exp}/decode_${inference_tag}/${dset}
-        if [ ! -f "${out}/.done" ]; then
-            log "Error: ${out} has no complete decoding; run stage 9 first"
-            exit 1
-        fi
+        [ -f "${out}/.done" ] || die "${out} has no complete decoding; run stage 9 first"
         ${python} utils/score_wer.py "${data_feats}/${dset}/text" "${out}/text" "${out}/score_wer" >/dev/null
         log "${dset}: $(grep '^%WER' "${out}/score_wer/result.txt")"
     done
@@ -563,7 +528,8 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
         --hubert_label_layer "${hubert_label_layer}" ${ssl_opts}
     if [ -n "${ssamba_opts}" ]; then
         # shellcheck disable=SC2086
-        local/ssamba.sh --train_set "${train_set}" --dumpdir "${dumpdir}" --expdir "${expdir}" ${ssamba_opts}
+        local/ssamba.sh --ngpu "${ngpu}" --python "${python}" --train_set "${train_set}" --dumpdir "${dumpdir}" \
+            --expdir "${expdir}" ${ssamba_opts}
     fi
     end_stage
 fi

@@ -28,6 +28,6 @@ export PYTHONUNBUFFERED=1
 # One BLAS/OpenMP thread per process unless the user asks for more: the recipe runs
 # several processes side by side (--nj).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-# Waiting OpenMP threads sleep instead of spinning: on a busy machine, spinning
-# threads of a multi-threaded process slowed ESPnet training 15-30 fold.
+# Waiting OpenMP threads sleep instead of spinning, so that the threads of one process
+# leave the cores to the others (README.md: "Mini corpus: what to expect").
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}

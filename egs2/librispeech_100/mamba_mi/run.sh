@@ -6,7 +6,8 @@
 #   ./run.sh --use_decoder false      # mini corpus, - Decoder (CTC only)
 #   ./run.sh --corpus librispeech --ngpu 1 --librispeech_dir /data/LibriSpeech
 # Any option of mamba_mi.sh can be given (./run.sh --help lists them).
-set -euo pipefail
+. utils/common.sh   # set -Eeuo pipefail, log, die
+. conf/presets.sh   # corpus_preset
 
 corpus=mini mini_preset=default use_decoder=true
 # Peek at the options that choose the configs; mamba_mi.sh parses all of them.
@@ -17,25 +18,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
         --corpus=* | --mini_preset=* | --use_decoder=*) kv=${args[i]#--} && printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
     esac
 done
-
-if [ "${corpus}" = librispeech ]; then
-    conf=conf nbpe=5000 mi_n_utts=1000 mi_args=""
-    ssamba_opts="--ssamba_config conf/ssamba/tiny.yaml"  # SSAMBA-tiny; conf/ssamba/base.yaml for base
-    ssl_opts="--conf_dir conf/ssl --kmeans_portion 0.1"
-    downstream_opts="--conf_dir conf/downstream"
-elif [ "${mini_preset}" = tiny ]; then
-    conf=conf/tiny nbpe=40 mi_n_utts=8
-    ssamba_opts="--ssamba_config conf/ssamba/mini.yaml --max_steps 20"
-    ssl_opts="--conf_dir conf/ssl/tiny --n_clusters_it1 10 --n_clusters_it2 10 --kmeans_n_init 2"
-    downstream_opts="--conf_dir conf/downstream/tiny --test_utts 4 --inference_nj 1"
-    mi_args="--epochs 5 --lr 1e-3 --max_frames 32 --mine_batch_size 32"
-else
-    conf=conf/mini nbpe=150 mi_n_utts=100
-    ssamba_opts="--ssamba_config conf/ssamba/mini.yaml"
-    ssl_opts="--conf_dir conf/ssl/mini --train_utts 400 --valid_utts 40 --n_clusters_it2 100 --kmeans_n_init 5"
-    downstream_opts="--conf_dir conf/downstream/mini --valid_utts 40 --test_utts 40 --inference_nj 1"
-    mi_args="--epochs 20 --lr 1e-3 --max_frames 64 --mine_batch_size 64"
-fi
+corpus_preset "${corpus}" "${mini_preset}"
 if [ "${use_decoder}" = false ]; then suffix=_nodec; else suffix=""; fi
 
 # the command that resumes a failed run: these options without --stage (the failed stage is added)

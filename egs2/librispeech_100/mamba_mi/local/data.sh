@@ -8,33 +8,32 @@
 # the mini corpus provides one, LibriSpeech's needs --download_lm_text true).
 # Each data directory is validated (missing or unreadable audio, sample rate,
 # empty transcripts, ids missing from wav.scp) before this script succeeds.
-set -euo pipefail
+. utils/common.sh  # set -Eeuo pipefail, log, die, recipe_init
+. conf/presets.sh  # mini_corpus_sizes
 
-. utils/common.sh  # log
-help_message="Usage: $0 [options]   (run from the recipe directory)"
-
+## General
+python=python3         # python of the virtual environment (path.sh puts it first)
+ngpu=0                 # GPUs (none needed: data preparation runs on the CPU)
+nj=2                   # parallel processes (mini synthesis, validation)
 ## Corpus
 corpus=mini            # mini (synthesized with espeak-ng, offline) or librispeech
 librispeech_dir=""     # existing LibriSpeech directory (holding train-clean-100, ...); empty: download
 download_dir=downloads # where downloads and the mini corpus go
 download_lm_text=false # librispeech: also fetch librispeech-lm-norm.txt.gz (openslr 11) for LMs
 data_dir=data          # output directory
-nj=2                   # parallel processes (mini synthesis, validation)
-## Mini corpus (see local/make_mini_corpus.py)
+## Mini corpus (see local/make_mini_corpus.py; empty sizes: from the preset)
 mini_dir=""            # where the mini corpus goes; empty: ${download_dir}/mini_<sizes>_seed<seed>
 mini_seed=1            # seed of the mini corpus
-mini_train_speakers=40 # training speakers
-mini_train_utts=50     # utterances per training speaker
-mini_eval_speakers=8   # speakers per dev/test set
-mini_eval_utts=15      # utterances per dev/test speaker
-mini_lm_sentences=20000 # sentences of extra LM text
+mini_preset=default    # tiny or default (conf/presets.sh)
+mini_train_speakers="" # training speakers
+mini_train_utts=""     # utterances per training speaker
+mini_eval_speakers=""  # speakers per dev/test set
+mini_eval_utts=""      # utterances per dev/test speaker
+mini_lm_sentences=""   # sentences of extra LM text
 
-. utils/parse_options.sh
-
-if [ $# -ne 0 ]; then
-    echo "$0: unexpected arguments: $*" >&2
-    exit 1
-fi
+help_message="Usage: $0 [options]   (run from the recipe directory)"
+recipe_init "$@"
+mini_corpus_sizes "${mini_preset}"
 
 sets="train-clean-100 dev-clean dev-other test-clean test-other"
 openslr=https://www.openslr.org/resources
@@ -55,8 +54,7 @@ fetch() {
     elif command -v curl >/dev/null; then
         curl --fail --location --retry 3 --continue-at - -o "${file}" "${url}"
     else
-        log "Error: neither wget nor curl is installed"
-        return 1
+        die "neither wget nor curl is installed"
     fi
 }
 
@@ -72,22 +70,16 @@ download_librispeech() {
         archive=${dir}/${part}.tar.gz
         if [ ! -f "${archive}.md5ok" ]; then
             log "Downloading ${part} (resumable) to ${archive}"
-            fetch "${openslr}/12/${part}.tar.gz" "${archive}" || {
-                log "Error: download of ${part} failed; rerun to resume it (no network? use --librispeech_dir or --corpus mini)"
-                return 1
-            }
+            fetch "${openslr}/12/${part}.tar.gz" "${archive}" \
+                || die "download of ${part} failed; rerun to resume it (no network? use --librispeech_dir or --corpus mini)"
             if [ "$(md5sum "${archive}" | cut -d' ' -f1)" != "${md5[${part}]}" ]; then
-                log "Error: ${archive}: md5 sum differs from ${md5[${part}]} (corrupt or truncated); delete it and rerun"
-                return 1
+                die "${archive}: md5 sum differs from ${md5[${part}]} (corrupt or truncated); delete it and rerun"
             fi
             touch "${archive}.md5ok"
         fi
         log "Unpacking ${archive}"
         rm -rf "${dir}/LibriSpeech/${part}"
-        tar -xzf "${archive}" -C "${dir}" || {
-            log "Error: ${archive} does not unpack (corrupt archive); delete it and rerun"
-            return 1
-        }
+        tar -xzf "${archive}" -C "${dir}" || die "${archive} does not unpack (corrupt archive); delete it and rerun"
         touch "${dir}/LibriSpeech/${part}/.complete"
     done
 }
@@ -96,14 +88,8 @@ download_lm_corpus() {
     local dir=$1 out=$2 archive=${dir}/librispeech-lm-norm.txt.gz
     mkdir -p "${dir}" "$(dirname "${out}")"
     if [ ! -f "${archive}.ok" ]; then
-        fetch "${openslr}/11/librispeech-lm-norm.txt.gz" "${archive}" || {
-            log "Error: download of ${archive} failed; rerun to resume it"
-            return 1
-        }
-        gzip -t "${archive}" || {
-            log "Error: ${archive} is corrupt (gzip -t failed); delete it and rerun"
-            return 1
-        }
+        fetch "${openslr}/11/librispeech-lm-norm.txt.gz" "${archive}" || die "download of ${archive} failed; rerun to resume it"
+        gzip -t "${archive}" || die "${archive} is corrupt (gzip -t failed); delete it and rerun"
         touch "${archive}.ok"
     fi
     # ids make it a Kaldi-style text file like the transcripts
@@ -119,7 +105,7 @@ case "${corpus}" in
             mini_dir=${download_dir}/mini_${mini_train_speakers}x${mini_train_utts}_${mini_eval_speakers}x${mini_eval_utts}_lm${mini_lm_sentences}_seed${mini_seed}
         fi
         log "Synthesizing the mini corpus into ${mini_dir} (nj=${nj})"
-        python3 local/make_mini_corpus.py --out_dir "${mini_dir}" --seed "${mini_seed}" --nj "${nj}" \
+        ${python} local/make_mini_corpus.py --out_dir "${mini_dir}" --seed "${mini_seed}" --nj "${nj}" \
             --train_speakers "${mini_train_speakers}" --train_utts_per_speaker "${mini_train_utts}" \
             --eval_speakers "${mini_eval_speakers}" --eval_utts_per_speaker "${mini_eval_utts}" \
             --lm_sentences "${mini_lm_sentences}"
@@ -139,40 +125,30 @@ case "${corpus}" in
         fi
         ;;
     *)
-        log "Error: --corpus must be mini or librispeech, got '${corpus}'"
-        exit 1
+        die "--corpus must be mini or librispeech, got '${corpus}'"
         ;;
 esac
 
-if [ ! -d "${librispeech_dir}" ]; then
-    log "Error: --librispeech_dir ${librispeech_dir}: no such directory"
-    exit 1
-fi
+[ -d "${librispeech_dir}" ] || die "--librispeech_dir ${librispeech_dir}: no such directory"
 missing=""
 for part in ${sets}; do
     [ -d "${librispeech_dir}/${part}" ] || missing+=" ${part}"
 done
-if [ -n "${missing}" ]; then
-    log "Error: ${librispeech_dir} lacks the set(s):${missing} (expected ${librispeech_dir}/<set>/<speaker>/<chapter>/)"
-    exit 1
-fi
+[ -z "${missing}" ] || die "${librispeech_dir} lacks the set(s):${missing} (expected ${librispeech_dir}/<set>/<speaker>/<chapter>/)"
 
 for part in ${sets}; do
     out=${data_dir}/${part//-/_}
     log "Preparing ${out} from ${librispeech_dir}/${part}"
-    python3 local/prepare_librispeech.py "${librispeech_dir}" "${part}" "${out}"
+    ${python} local/prepare_librispeech.py "${librispeech_dir}" "${part}" "${out}"
 done
 
 log "Validating the data directories"
 failed=""
 for part in ${sets}; do
     out=${data_dir}/${part//-/_}
-    python3 utils/validate_data_dir.py "${out}" || failed+=" ${out}"
+    ${python} utils/validate_data_dir.py "${out}" || failed+=" ${out}"
 done
-if [ -n "${failed}" ]; then
-    log "Error: invalid data directories:${failed} (problems listed above)"
-    exit 1
-fi
+[ -z "${failed}" ] || die "invalid data directories:${failed} (problems listed above)"
 
-python3 utils/data_dir.py combine "${data_dir}/dev" "${data_dir}/dev_clean" "${data_dir}/dev_other"
+${python} utils/data_dir.py combine "${data_dir}/dev" "${data_dir}/dev_clean" "${data_dir}/dev_other"
 log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -18,10 +18,7 @@
 #
 # Example (mini corpus, as stage 12 runs it):
 #   local/downstream.sh --conf_dir conf/downstream/mini --nbpe 150 --valid_utts 40
-set -Eeuo pipefail
-
-. utils/common.sh  # log, is_done, mark_done and the other shared helpers
-SECONDS=0
+. utils/common.sh  # set -Eeuo pipefail, log, die, recipe_init and the shared helpers
 
 ## General
 stage=1                 # first step (1 fine-tune, 2 decode, 3 Conformer, 4 decode, 5 score)
@@ -64,21 +61,8 @@ asr_inference_module=espnet_mamba.bin.asr_inference # python -m module for decod
 results=RESULTS.md      # step 5 writes its Table II section here
 
 help_message="Usage: $0 [options]   (run from the recipe directory; stage 12 of mamba_mi.sh)"
+recipe_init "$@"
 
-log "$0 $*"
-. utils/parse_options.sh
-
-if [ $# -ne 0 ]; then
-    log "Error: unexpected arguments: $*"
-    exit 1
-fi
-
-. ./path.sh
-. ./cmd.sh
-
-layers_of() {
-    if [ "$1" = mamba_hubert ]; then echo "${hubert_label_layer}"; else echo "${baseline_label_layer}"; fi
-}
 upstream_of() {
     if [ "$1" = mamba_hubert ]; then echo mamba_hubert_local; else echo transformer_hubert_local; fi
 }
@@ -91,18 +75,16 @@ model_tag() {
 # Checks and derived settings
 require_int 1 train_threads inference_nj ngram_num
 require_int 0 valid_utts test_utts ngpu inference_ngpu
+require_stages 5
 [ -z "${ft_beam_size}" ] || require_int 1 ft_beam_size
 for model in ${models}; do
     case "${model}" in
         mamba_hubert | hubert) ;;
-        *) log "Error: --models: unknown model '${model}' (mamba_hubert or hubert)"; exit 1 ;;
+        *) die "--models: unknown model '${model}' (mamba_hubert or hubert)" ;;
     esac
 done
 for f in finetune_ctc decode_ctc conformer_s3prl decode_conformer; do
-    if [ ! -f "${conf_dir}/${f}.yaml" ]; then
-        log "Error: ${conf_dir}/${f}.yaml: no such config (--conf_dir)"
-        exit 1
-    fi
+    [ -f "${conf_dir}/${f}.yaml" ] || die "${conf_dir}/${f}.yaml: no such config (--conf_dir)"
 done
 data_feats=${dumpdir}/raw
 case "${token_type}" in
@@ -119,20 +101,16 @@ case "${token_type}" in
         token_opts=(--token_type char)
         exp_suffix=_char
         if "${use_ngram}" && [ -z "${ngram_file}" ]; then
-            log "Error: --token_type char needs --ngram_file (an n-gram over characters: stage 6's is over BPE) or --use_ngram false"
-            exit 1
+            die "--token_type char needs --ngram_file (an n-gram over characters: stage 6's is over BPE) or --use_ngram false"
         fi
         required=()
         ;;
-    *) log "Error: --token_type must be bpe or char, got '${token_type}'"; exit 1 ;;
+    *) die "--token_type must be bpe or char, got '${token_type}'" ;;
 esac
 token_opts+=(--token_list "${token_list}" --non_linguistic_symbols none --cleaner none --g2p none)
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 1 ]; then
     for f in "${data_feats}/${train_set}/wav.scp" "${data_feats}/${valid_set}/wav.scp" "${required[@]}"; do
-        if [ ! -s "${f}" ]; then
-            log "Error: ${f} is missing: run stages 1-5 of the recipe first (and --nbpe as there)"
-            exit 1
-        fi
+        [ -s "${f}" ] || die "${f} is missing: run stages 1-5 of the recipe first (and --nbpe as there)"
     done
     if [ "${token_type}" = char ] && [ ! -s "${token_list}" ]; then
         log "Character token list from ${data_feats}/${train_set}/text -> ${token_list}"
@@ -143,9 +121,6 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 1 ]; then
         mv "${token_list}.tmp" "${token_list}"
     fi
 fi
-dist_opts=()
-[ "${ngpu}" -gt 1 ] && dist_opts=(--multiprocessing_distributed true)
-
 # the pretrained models: "<model> <layer>" per line
 pretrained=()
 for model in ${models}; do
@@ -182,14 +157,9 @@ train_asr() {
     # train_asr EXP_DIR CONFIG SIGNATURE INFERENCE_MODEL OPTION...
     local exp=$1 config=$2 sig=$3 inference_model=$4
     shift 4
-    if is_done "${exp}" "${sig}" && [ -e "${exp}/${inference_model}" ]; then
-        log "${exp}: trained (.done); skipping"
-        return 0
-    fi
-    start_training "${exp}" "${sig}" || return 1
-    log "Training ${exp}; log: ${exp}/train.log"
-    OMP_NUM_THREADS=${train_threads} ${train_cmd} --gpu "${ngpu}" "${exp}/train.log" \
-        ${python} -m "${asr_train_module}" --ngpu "${ngpu}" "${dist_opts[@]}" \
+    is_trained "${exp}" "${sig}" "${inference_model}" && return 0
+    start_training "${exp}" "${sig}"
+    train_espnet "${exp}" "${sig}" "${inference_model}" "${asr_train_module}" \
         --use_preprocessor true "${token_opts[@]}" \
         --train_data_path_and_name_and_type "${data_feats}/${train_set}/wav.scp,speech,sound" \
         --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text" \
@@ -197,75 +167,29 @@ train_asr() {
         --valid_data_path_and_name_and_type "${valid_dir}/text,text,text" \
         --train_shape_file "${data_feats}/${train_set}/utt2num_samples" \
         --valid_shape_file "${valid_dir}/utt2num_samples" \
-        --resume true --output_dir "${exp}" --config "${config}" "$@" || {
-        log "Error: training failed; see ${exp}/train.log"
-        return 1
-    }
-    if [ ! -e "${exp}/${inference_model}" ]; then
-        log "Error: training finished without ${exp}/${inference_model}"
-        return 1
-    fi
-    mark_done "${exp}" "${sig}"
+        --resume true --output_dir "${exp}" --config "${config}" "$@"
 }
 
 decode() {
-    # decode EXP_DIR MODEL_FILE CONFIG DECODE_DIR OPTION...: all test sets in one pass
+    # decode EXP_DIR MODEL_FILE CONFIG DECODE_DIR OPTION...: all test sets (test_utts of each) in one pass
     local exp=$1 model_file=$2 config=$3 decode_dir=$4
     shift 4
-    local sig dset pending=() logdir _nj i out wavs=()
-    local -A data_of  # test set -> its data dir (of test_utts utterances)
+    local dset sig data=() wavs=()
     for dset in ${test_sets}; do
-        data_of[${dset}]=$(subset_dir "${dset}" "${test_utts}")
-        wavs+=("${data_of[${dset}]}/wav.scp")
+        data+=("${dset}=$(subset_dir "${dset}" "${test_utts}")")
+        wavs+=("${data[-1]#*=}/wav.scp")
     done
     sig="model=$(sig_of "${exp}/.done") config=$(sig_of "${config}") opts=$* args=${inference_args} data=$(sig_of "${wavs[@]}")"
-    for dset in ${test_sets}; do
-        if is_done "${decode_dir}/${dset}" "${sig}"; then
-            log "${decode_dir}/${dset}: complete (.done); skipping"
-        else
-            pending+=("${dset}")
-        fi
-    done
-    [ ${#pending[@]} -eq 0 ] && return 0
-    logdir=${decode_dir}/logdir
-    rm -rf "${logdir}"
-    mkdir -p "${logdir}"
-    for dset in "${pending[@]}"; do cat "${data_of[${dset}]}/wav.scp"; done | sort >"${logdir}/wav.scp"
-    _nj=$(min "${inference_nj}" "$(wc -l <"${logdir}/wav.scp")")
-    ${python} utils/split_scp.py --num_parts "${_nj}" "${logdir}/wav.scp" "${logdir}/keys.JOB.scp"
-    log "Decoding ${pending[*]} ($(wc -l <"${logdir}/wav.scp") utterances, ${_nj} jobs) -> ${decode_dir}"
-    ${decode_cmd} --gpu "${inference_ngpu}" JOB=1:"${_nj}" "${logdir}/asr_inference.JOB.log" \
-        ${python} -m "${asr_inference_module}" --batch_size 1 --ngpu "${inference_ngpu}" \
-        --data_path_and_name_and_type "${logdir}/wav.scp,speech,sound" \
-        --key_file "${logdir}/keys.JOB.scp" --asr_train_config "${exp}/config.yaml" \
-        --asr_model_file "${model_file}" --output_dir "${logdir}/output.JOB" \
-        --config "${config}" "$@" ${inference_args} || {
-        log "Error: decoding failed; see ${logdir}/asr_inference.*.log"
-        return 1
-    }
-    for i in $(seq "${_nj}"); do cat "${logdir}/output.${i}/1best_recog/text"; done | sort >"${logdir}/text"
-    for dset in "${pending[@]}"; do
-        out=${decode_dir}/${dset}
-        mkdir -p "${out}"
-        awk 'NR == FNR { keep[$1] = 1; next } ($1 in keep)' "${data_of[${dset}]}/wav.scp" "${logdir}/text" \
-            >"${out}/text.tmp"
-        mv "${out}/text.tmp" "${out}/text"
-        # the references of the decoded utterances, for scoring
-        cp "${data_of[${dset}]}/text" "${out}/ref"
-        cp "${config}" "${out}/inference_config.yaml"
-        mark_done "${out}" "${sig}"
-    done
+    decode_sets "${exp}" "${model_file}" "${config}" "${decode_dir}" "${sig}" "${data[@]}" -- "$@"
 }
 
-ft_exp() { echo "${expdir}/ft_$1_it2_L$2${exp_suffix}"; }
-conformer_exp() { echo "${expdir}/s3prl_conformer_$1_it2_L$2${exp_suffix}"; }
-ssl_exp() { echo "${expdir}/ssl_$1_it2_L$2"; }
+ft_exp() { echo "${expdir}/ft_$(it2_tag "$1" "$2")${exp_suffix}"; }
+conformer_exp() { echo "${expdir}/s3prl_conformer_$(it2_tag "$1" "$2")${exp_suffix}"; }
 check_pretrained() {
     local exp
-    exp=$(ssl_exp "$1" "$2")
+    exp=$(ssl_it2_exp "$1" "$2")
     if [ ! -f "${exp}/.done" ] || [ ! -e "${exp}/${ssl_model}" ]; then
-        log "Error: ${exp}/${ssl_model} is missing: run stage 11 (local/ssl.sh) with the same models and layers"
-        exit 1
+        die "${exp}/${ssl_model} is missing: run stage 11 (local/ssl.sh) with the same models and layers"
     fi
 }
 data_sig() {
@@ -277,7 +201,7 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     for entry in "${pretrained[@]}"; do
         read -r model layer <<<"${entry}"
         check_pretrained "${model}" "${layer}"
-        ssl=$(ssl_exp "${model}" "${layer}")
+        ssl=$(ssl_it2_exp "${model}" "${layer}")
         log "Step 1: CTC fine-tuning of ${ssl}/${ssl_model}"
         config=${conf_dir}/finetune_ctc.yaml
         sig="config=$(sig_of "${config}") pretrained=$(sig_of "${ssl}/.done") $(data_sig) args=${finetune_args}"
@@ -293,17 +217,13 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     ngram_opts=(--ngram_file "${ngram_file}")
     [ -n "${ngram_weight}" ] && ngram_opts+=(--ngram_weight "${ngram_weight}")
     if "${use_ngram}" && [ ! -s "${ngram_file}" ]; then
-        log "Error: ${ngram_file} is missing: run stage 6 of the recipe (or --use_ngram false)"
-        exit 1
+        die "${ngram_file} is missing: run stage 6 of the recipe (or --use_ngram false)"
     fi
     tag=$(model_tag "${inference_ft_model}")
     for entry in "${pretrained[@]}"; do
         read -r model layer <<<"${entry}"
         exp=$(ft_exp "${model}" "${layer}")
-        if [ ! -f "${exp}/.done" ]; then
-            log "Error: ${exp} is not trained: run step 1 first"
-            exit 1
-        fi
+        [ -f "${exp}/.done" ] || die "${exp} is not trained: run step 1 first"
         log "Step 2: decoding ${exp} without an LM"
         decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
             "${exp}/decode_ctc_${tag}" "${beam_opts[@]}"
@@ -319,7 +239,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     for entry in "${pretrained[@]}"; do
         read -r model layer <<<"${entry}"
         check_pretrained "${model}" "${layer}"
-        ssl=$(ssl_exp "${model}" "${layer}")
+        ssl=$(ssl_it2_exp "${model}" "${layer}")
         log "Step 3: frozen upstream $(upstream_of "${model}") (${ssl}/${ssl_model}) + Conformer"
         config=${conf_dir}/conformer_s3prl.yaml
         sig="config=$(sig_of "${config}") pretrained=$(sig_of "${ssl}/.done") $(data_sig) args=${conformer_args}"
@@ -335,10 +255,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     for entry in "${pretrained[@]}"; do
         read -r model layer <<<"${entry}"
         exp=$(conformer_exp "${model}" "${layer}")
-        if [ ! -f "${exp}/.done" ]; then
-            log "Error: ${exp} is not trained: run step 3 first"
-            exit 1
-        fi
+        [ -f "${exp}/.done" ] || die "${exp} is not trained: run step 3 first"
         log "Step 4: decoding ${exp}"
         decode "${exp}" "${exp}/${inference_conformer_model}" "${conf_dir}/decode_conformer.yaml" \
             "${exp}/decode_conformer_${tag}"

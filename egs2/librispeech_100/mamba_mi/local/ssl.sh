@@ -16,10 +16,7 @@
 #
 # Example (mini corpus, as stage 11 runs it):
 #   local/ssl.sh --conf_dir conf/ssl/mini --train_utts 400 --valid_utts 40
-set -Eeuo pipefail
-
-. utils/common.sh  # log, is_done, mark_done and the other shared helpers
-SECONDS=0
+. utils/common.sh  # set -Eeuo pipefail, log, die, recipe_init and the shared helpers
 
 ## General
 stage=1                 # first step (1 MFCC labels, 2 iteration 1, 3 layer labels, 4 iteration 2)
@@ -51,17 +48,7 @@ kmeans_n_init=20        # k-means initialisations (the best one is kept)
 kmeans_device=cpu       # device of the iteration-1 model when extracting layer features
 
 help_message="Usage: $0 [options]   (run from the recipe directory; stage 11 of mamba_mi.sh)"
-
-log "$0 $*"
-. utils/parse_options.sh
-
-if [ $# -ne 0 ]; then
-    log "Error: unexpected arguments: $*"
-    exit 1
-fi
-
-. ./path.sh
-. ./cmd.sh
+recipe_init "$@"
 
 config_of() {
     # config_of MODEL ITERATION: the training config of one pretraining
@@ -69,11 +56,7 @@ config_of() {
     for f in "${conf_dir}/$1_it$2.yaml" "${conf_dir}/$1.yaml"; do
         [ -f "${f}" ] && { echo "${f}"; return 0; }
     done
-    log "Error: no config for $1 iteration $2: neither ${conf_dir}/$1_it$2.yaml nor ${conf_dir}/$1.yaml"
-    return 1
-}
-layers_of() {
-    if [ "$1" = mamba_hubert ]; then echo "${hubert_label_layer}"; else echo "${baseline_label_layer}"; fi
+    die "no config for $1 iteration $2: neither ${conf_dir}/$1_it$2.yaml nor ${conf_dir}/$1.yaml (--conf_dir)"
 }
 subset() {
     # subset SRC DST N: DST/wav.scp = N utterances of SRC/wav.scp, evenly spaced (N = 0: all)
@@ -86,67 +69,46 @@ subset() {
 # Checks
 require_int 1 n_clusters_it1 n_clusters_it2 train_threads kmeans_max_frames kmeans_n_init
 require_int 0 train_utts valid_utts ngpu
+require_stages 4
 if [ "${n_clusters_it1}" -lt 2 ] || [ "${n_clusters_it2}" -lt 2 ]; then
-    log "Error: --n_clusters_it1 and --n_clusters_it2 must be at least 2"
-    exit 1
+    die "--n_clusters_it1 and --n_clusters_it2 must be at least 2"
 fi
 for layer in ${hubert_label_layer} ${baseline_label_layer}; do
     if [[ ! ${layer} =~ ^[0-9]+$ ]]; then
-        log "Error: label layers must be non-negative integers, got '${layer}' (--hubert_label_layer '${hubert_label_layer}', --baseline_label_layer '${baseline_label_layer}')"
-        exit 1
+        die "label layers must be non-negative integers, got '${layer}' (--hubert_label_layer '${hubert_label_layer}', --baseline_label_layer '${baseline_label_layer}')"
     fi
 done
-if [ -z "${models}" ]; then
-    log "Error: --models is empty"
-    exit 1
-fi
+[ -n "${models}" ] || die "--models is empty"
 for model in ${models}; do
     case "${model}" in
         mamba_hubert | hubert) config_of "${model}" 1 >/dev/null && config_of "${model}" 2 >/dev/null ;;
-        *) log "Error: --models: unknown model '${model}' (mamba_hubert or hubert)"; exit 1 ;;
+        *) die "--models: unknown model '${model}' (mamba_hubert or hubert)" ;;
     esac
 done
 for dset in "${train_set}" "${valid_set}"; do
-    if [ ! -s "${dumpdir}/raw/${dset}/wav.scp" ]; then
-        log "Error: ${dumpdir}/raw/${dset}/wav.scp is missing: run stages 1-4 of the recipe first"
-        exit 1
-    fi
+    [ -s "${dumpdir}/raw/${dset}/wav.scp" ] || die "${dumpdir}/raw/${dset}/wav.scp is missing: run stages 1-4 of the recipe first"
 done
 
 ssl_data=${dumpdir}/ssl/data
 labels_it1=${dumpdir}/ssl/it1_mfcc_km${n_clusters_it1}
 labels_it2() { echo "${dumpdir}/ssl/it2_$1_L$2_km${n_clusters_it2}"; }
-dist_opts=()
-[ "${ngpu}" -gt 1 ] && dist_opts=(--multiprocessing_distributed true)
 
 pretrain() {
     # pretrain CONFIG LABEL_DIR EXP_DIR
     local config=$1 labels=$2 exp=$3 sig
     sig="config=$(sig_of "${config}") labels=$(sig_of "${labels}/.done") args=${ssl_args}"
-    if is_done "${exp}" "${sig}" && [ -e "${exp}/${ssl_model}" ]; then
-        log "${exp}: trained (.done); skipping"
-        return 0
-    fi
-    start_training "${exp}" "${sig}" || return 1
+    is_trained "${exp}" "${sig}" "${ssl_model}" && return 0
+    start_training "${exp}" "${sig}"
     ${python} local/hubert_config.py "${config}" "${labels}/tokens.txt" "${exp}/pretrain_config.yaml"
-    log "Pretraining ${exp} on ${labels} ($(($(wc -l <"${labels}/tokens.txt") - 1)) clusters); log: ${exp}/train.log"
-    OMP_NUM_THREADS=${train_threads} ${train_cmd} --gpu "${ngpu}" "${exp}/train.log" \
-        ${python} -m "${ssl_train_module}" --ngpu "${ngpu}" "${dist_opts[@]}" \
+    log "Pretraining ${exp} on ${labels} ($(($(wc -l <"${labels}/tokens.txt") - 1)) clusters)"
+    train_espnet "${exp}" "${sig}" "${ssl_model}" "${ssl_train_module}" \
         --use_preprocessor true --token_type word --token_list "${labels}/tokens.txt" \
         --train_data_path_and_name_and_type "${ssl_data}/train/wav.scp,speech,sound" \
         --train_data_path_and_name_and_type "${labels}/train/text,text,text" \
         --valid_data_path_and_name_and_type "${ssl_data}/valid/wav.scp,speech,sound" \
         --valid_data_path_and_name_and_type "${labels}/valid/text,text,text" \
         --train_shape_file "${labels}/train/speech_shape" --valid_shape_file "${labels}/valid/speech_shape" \
-        --resume true --output_dir "${exp}" --config "${exp}/pretrain_config.yaml" ${ssl_args} || {
-        log "Error: pretraining failed; see ${exp}/train.log"
-        return 1
-    }
-    if [ ! -e "${exp}/${ssl_model}" ]; then
-        log "Error: training finished without ${exp}/${ssl_model}"
-        return 1
-    fi
-    mark_done "${exp}" "${sig}"
+        --resume true --output_dir "${exp}" --config "${exp}/pretrain_config.yaml" ${ssl_args}
 }
 
 # ---------------------------------------------------------------------------
@@ -160,14 +122,11 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     else
         mkdir -p "${labels_it1}"
         rm -f "${labels_it1}/.done"
-        ${python} -m espnet_mamba.ssl.kmeans --feature mfcc --n_clusters "${n_clusters_it1}" \
+        ${python} -m espnet_mamba.bin.kmeans --feature mfcc --n_clusters "${n_clusters_it1}" \
             --fit_data_dir "${ssl_data}/train" --data_dirs "${ssl_data}/train" "${ssl_data}/valid" \
             --out_dir "${labels_it1}" --portion "${kmeans_portion}" --max_fit_frames "${kmeans_max_frames}" \
-            --n_init "${kmeans_n_init}" >"${labels_it1}/kmeans.log" 2>&1 || {
-            log "Error: MFCC k-means failed; see ${labels_it1}/kmeans.log"
-            tail -n 3 "${labels_it1}/kmeans.log"
-            exit 1
-        }
+            --n_init "${kmeans_n_init}" >"${labels_it1}/kmeans.log" 2>&1 \
+            || die "MFCC k-means failed; see ${labels_it1}/kmeans.log:\n$(tail -n 3 "${labels_it1}/kmeans.log")"
         mark_done "${labels_it1}" "${sig}"
     fi
 fi
@@ -182,10 +141,7 @@ fi
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     for model in ${models}; do
         it1=${expdir}/ssl_${model}_it1
-        if [ ! -f "${it1}/.done" ]; then
-            log "Error: ${it1} is not trained: run step 2 first"
-            exit 1
-        fi
+        [ -f "${it1}/.done" ] || die "${it1} is not trained: run step 2 first"
         layers=$(layers_of "${model}")
         log "Step 3: k-means (${n_clusters_it2} clusters) of layer(s) ${layers} of ${it1}/${ssl_model}"
         sig="model=$(sig_of "${it1}/.done") data=$(sig_of "${ssl_data}/train/wav.scp" "${ssl_data}/valid/wav.scp") k=${n_clusters_it2} portion=${kmeans_portion} max_frames=${kmeans_max_frames} n_init=${kmeans_n_init}"
@@ -200,15 +156,12 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         [ ${#pending[@]} -eq 0 ] && continue
         out_template=${dumpdir}/ssl/it2_${model}_L{layer}_km${n_clusters_it2}
         kmeans_log=${dumpdir}/ssl/it2_${model}_kmeans.log
-        ${python} -m espnet_mamba.ssl.kmeans --feature ssl --ssl_model "${it1}/${ssl_model}" \
+        ${python} -m espnet_mamba.bin.kmeans --feature ssl --ssl_model "${it1}/${ssl_model}" \
             --layers "${pending[@]}" --n_clusters "${n_clusters_it2}" --device "${kmeans_device}" \
             --fit_data_dir "${ssl_data}/train" --data_dirs "${ssl_data}/train" "${ssl_data}/valid" \
             --out_dir "${out_template}" --portion "${kmeans_portion}" --max_fit_frames "${kmeans_max_frames}" \
-            --n_init "${kmeans_n_init}" >"${kmeans_log}" 2>&1 || {
-            log "Error: k-means of ${model} layer(s) ${pending[*]} failed; see ${kmeans_log}"
-            tail -n 3 "${kmeans_log}"
-            exit 1
-        }
+            --n_init "${kmeans_n_init}" >"${kmeans_log}" 2>&1 \
+            || die "k-means of ${model} layer(s) ${pending[*]} failed; see ${kmeans_log}:\n$(tail -n 3 "${kmeans_log}")"
         for layer in "${pending[@]}"; do
             mark_done "$(labels_it2 "${model}" "${layer}")" "${sig} layer=${layer}"
         done
@@ -220,11 +173,8 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
         for layer in $(layers_of "${model}"); do
             log "Step 4: iteration 2 of ${model}, targets from layer ${layer}"
             labels=$(labels_it2 "${model}" "${layer}")
-            if [ ! -f "${labels}/.done" ]; then
-                log "Error: ${labels} is missing: run step 3 first"
-                exit 1
-            fi
-            pretrain "$(config_of "${model}" 2)" "${labels}" "${expdir}/ssl_${model}_it2_L${layer}"
+            [ -f "${labels}/.done" ] || die "${labels} is missing: run step 3 first"
+            pretrain "$(config_of "${model}" 2)" "${labels}" "$(ssl_it2_exp "${model}" "${layer}")"
         done
     done
 fi

@@ -1,70 +1,79 @@
 # Parse command-line options into shell variables of the calling script.
 #
-# Source this file after setting the option variables to their defaults:
+# The options of a script are the lines `name=value  # comment` at the start of a line
+# above the line that parses them (`. utils/parse_options.sh`, or `recipe_init "$@"` of
+# utils/common.sh, which sources this file):
 #
 #     stage=1          # first stage to run
 #     use_decoder=true # attention decoder on top of the encoder
 #     . utils/parse_options.sh
 #
-# Then `--stage 3`, `--stage=3` and `--use-decoder false` set the variables
-# (dashes in a name read as underscores). Only variables that already exist can be
-# set; a variable whose current value is true or false only takes true or false.
-# The options are removed from "$@"; what follows them stays there.
+# Then `--stage 3`, `--stage=3` and `--use-decoder false` set the variables (dashes in
+# a name read as underscores). Any other name is an error, and so is a value other
+# than true or false for an option whose current value is true or false. The options
+# are removed from "$@"; what follows them stays there.
 #
 # `--help` (or `-h`) prints ${help_message} (when the caller set it) and then every
-# option of the calling script with its current value and its comment: the lines
-# `name=value  # comment` at the start of a line of the script, above the line that
-# sources this file. Lines `## Title` there start a group.
-# `--config FILE` reads `--name value` lines (or `name=value` lines) from FILE.
+# option with its current value and its comment; lines `## Title` among the options
+# start a group. `--config FILE` reads `--name value` (or `name=value`) lines from FILE.
 #
 # The variables of this file start with `_po_` to keep out of the caller's way.
 
-_po_script=${BASH_SOURCE[1]:-$0}
+declare -F die >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-_po_print_help() {
-    [ -n "${help_message:-}" ] && echo "${help_message}"
-    echo "Options (current value, then description):"
-    local line name comment
+_po_script=${BASH_SOURCE[-1]}
+_po_declarations=()       # the option and group lines of the script, in order
+declare -gA _po_options=() # option name -> its comment
+
+_po_read_declarations() {
+    local line
+    [ -r "${_po_script}" ] || die "cannot read the options of ${_po_script}"
     while IFS= read -r line; do
-        if [[ ${line} =~ parse_options\.sh ]]; then
+        if [[ ${line} =~ ^[[:space:]]*(\.|source)[[:space:]][^#]*parse_options\.sh ]] \
+            || [[ ${line} =~ ^[[:space:]]*recipe_init([[:space:]]|$) ]]; then
             break
         elif [[ ${line} =~ ^##[[:space:]]+(.*)$ ]]; then
-            echo ""
-            echo "  # ${BASH_REMATCH[1]}"
+            _po_declarations+=("## ${BASH_REMATCH[1]}")
         elif [[ ${line} =~ ^([A-Za-z_][A-Za-z0-9_]*)=[^#]*#[[:space:]]?(.*)$ ]]; then
-            name=${BASH_REMATCH[1]}
-            comment=${BASH_REMATCH[2]}
-            if [ -n "${!name+x}" ]; then
-                printf '  --%-26s %-22s # %s\n' "${name}" "\"${!name}\"" "${comment}"
-            fi
+            _po_options[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}
+            _po_declarations+=("${BASH_REMATCH[1]}")
         fi
     done <"${_po_script}"
 }
 
+_po_print_help() {
+    [ -n "${help_message:-}" ] && echo "${help_message}"
+    echo "Options (current value, then description):"
+    local entry
+    for entry in "${_po_declarations[@]}"; do
+        if [[ ${entry} == "## "* ]]; then
+            echo ""
+            echo "  # ${entry#"## "}"
+        else
+            printf '  --%-26s %-22s # %s\n' "${entry}" "\"${!entry}\"" "${_po_options[${entry}]}"
+        fi
+    done
+}
+
 _po_set() {
     # _po_set NAME VALUE: check NAME is an option of the caller and assign it.
-    local name=${1//-/_} value=$2
-    if [[ ! ${name} =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [ -z "${!name+x}" ]; then
-        echo "$0: invalid option --$1 (see $0 --help)" >&2
-        return 1
+    local _po_name=${1//-/_} _po_value=$2
+    if [[ ! ${_po_name} =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [ -z "${_po_options[${_po_name}]+x}" ]; then
+        die "invalid option --$1: not an option of ${_po_script##*/} (see ${_po_script} --help)"
     fi
-    case "${!name}" in
+    case "${!_po_name}" in
         true | false)
-            if [ "${value}" != true ] && [ "${value}" != false ]; then
-                echo "$0: --$1 takes true or false, got '${value}'" >&2
-                return 1
+            if [ "${_po_value}" != true ] && [ "${_po_value}" != false ]; then
+                die "--$1 takes true or false, got '${_po_value}'"
             fi
             ;;
     esac
-    printf -v "${name}" '%s' "${value}"
+    printf -v "${_po_name}" '%s' "${_po_value}"
 }
 
 _po_read_config() {
     local file=$1 line key value
-    if [ ! -f "${file}" ]; then
-        echo "$0: --config: no such file ${file}" >&2
-        return 1
-    fi
+    [ -f "${file}" ] || die "--config: no such file ${file}"
     while IFS= read -r line || [ -n "${line}" ]; do
         line=${line%%#*}
         line=$(echo "${line}" | sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//')
@@ -72,14 +81,14 @@ _po_read_config() {
         if [[ ${line} =~ ^--?([A-Za-z0-9_-]+)[[:space:]=]+(.*)$ ]] || [[ ${line} =~ ^([A-Za-z0-9_-]+)=(.*)$ ]]; then
             key=${BASH_REMATCH[1]}
             value=${BASH_REMATCH[2]}
-            _po_set "${key}" "${value}" || return 1
+            _po_set "${key}" "${value}"
         else
-            echo "$0: ${file}: cannot read the line '${line}'" >&2
-            return 1
+            die "--config ${file}: cannot read the line '${line}'"
         fi
     done <"${file}"
 }
 
+_po_read_declarations
 while [ $# -gt 0 ]; do
     case "$1" in
         --help | -h)
@@ -87,8 +96,8 @@ while [ $# -gt 0 ]; do
             exit 0
             ;;
         --config)
-            [ $# -ge 2 ] || { echo "$0: --config needs a file" >&2; exit 1; }
-            _po_read_config "$2" || exit 1
+            [ $# -ge 2 ] || die "--config needs a file"
+            _po_read_config "$2"
             shift 2
             ;;
         --)
@@ -97,12 +106,12 @@ while [ $# -gt 0 ]; do
             ;;
         --*=*)
             _po_name=${1%%=*}
-            _po_set "${_po_name#--}" "${1#*=}" || exit 1
+            _po_set "${_po_name#--}" "${1#*=}"
             shift
             ;;
         --*)
-            [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 1; }
-            _po_set "${1#--}" "$2" || exit 1
+            [ $# -ge 2 ] || die "option $1 needs a value"
+            _po_set "${1#--}" "$2"
             shift 2
             ;;
         *)
