@@ -14,7 +14,7 @@
 - :mod:`analysis.stats`: means, bootstrap intervals over utterances, the
   "falls" / "falls then rises" verdict, and the log n ceiling flag.
 
-Only torch, numpy and scipy are needed.
+Only torch and numpy are needed.
 """
 
 from analysis.calibration import Calibration, calibrate

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from analysis import stats
 from analysis.curve import CurveEstimator, LayerCurve, LayerPairs, curve_from_values
@@ -162,6 +161,6 @@ def calibrate(
                                   seed=seed, n_boot=n_boot)
         null = null[np.isfinite(null)]
         null_high = float(stats.bootstrap_ci(null, n_boot=n_boot, seed=seed)[1][0]) if null.size > 1 else math.nan
-        rho = float(spearmanr(ladder.true_mi, curve.means)[0]) if np.ptp(curve.means) > 0 else 0.0
+        rho = stats.spearman(ladder.true_mi, curve.means)
         readings.append(LadderReading(ladder, curve, float(np.mean(null)) if null.size else math.nan, null_high, rho))
     return Calibration(estimator.name, readings)

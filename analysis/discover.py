@@ -2,8 +2,10 @@
 
 A model directory is any directory under ``exp/`` that holds a training
 ``config.yaml`` (ESPnet's, or ``espnet_mamba.bin.ssamba_train``'s); the checkpoint is
-picked from the files beside it (:data:`CHECKPOINT_PREFERENCE`; ``latest.pth`` first
-for pretrained SSL models, the checkpoint that stage 12 builds on). Each directory becomes a
+picked from the files beside it: the one the recipe decodes (the average by the
+config's first ``best_model_criterion``, :func:`decoded_checkpoint`), then
+:data:`CHECKPOINT_PREFERENCE`; ``latest.pth`` first for pretrained SSL models, the
+checkpoint that stage 12 builds on. Each directory becomes a
 :class:`ModelEntry`: its kind (which extractor of :mod:`analysis.features` reads
 it), the tags that place it in the paper's comparisons (decoder or not, HuBERT label
 layer, SSAMBA size, upstream alone or with a downstream encoder), and, when the
@@ -25,6 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from espnet_mamba.io import read_wav_scp
+
 __all__ = [
     "CHECKPOINT_PREFERENCE",
     "DEFAULT_EVAL_SETS",
@@ -34,7 +38,6 @@ __all__ = [
     "default_wav_scps",
     "discover_models",
     "find_checkpoint",
-    "read_wav_scp",
     "select_utterances",
 ]
 
@@ -322,36 +325,6 @@ def default_wav_scps(exp_dir, sets: Sequence[str] = DEFAULT_EVAL_SETS) -> List[P
     return found
 
 
-def read_wav_scp(path) -> Dict[str, str]:
-    """A Kaldi ``wav.scp``: utterance id -> audio entry (file, ``ark:offset`` or ``cmd |``).
-
-    Relative file paths are kept as written (they are relative to the directory the
-    recipe runs in, i.e. the parent of ``exp/``).
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: A line without an audio entry or a repeated utterance id
-            (named with the file and line number).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: wav.scp not found")
-    table: Dict[str, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{number}: expected '<utterance id> <audio>', got {line!r}")
-            utt, value = parts
-            if utt in table:
-                raise ValueError(f"{path}:{number}: utterance id {utt!r} appears twice")
-            table[utt] = value
-    return table
-
-
 def select_utterances(wav_scps: Sequence[Path], n_utts: int, seed: int) -> List[Tuple[str, str]]:
     """``n_utts`` utterances drawn without replacement from the union of ``wav_scps``.
 
@@ -372,7 +345,7 @@ def select_utterances(wav_scps: Sequence[Path], n_utts: int, seed: int) -> List[
         raise ValueError("no wav.scp to draw utterances from")
     table: Dict[str, str] = {}
     for scp in wav_scps:
-        for utt, value in read_wav_scp(scp).items():
+        for utt, value in read_wav_scp(scp, allow_commands=True).items():
             if utt in table and table[utt] != value:
                 raise ValueError(f"{scp}: utterance {utt!r} has another audio entry in an earlier wav.scp")
             table[utt] = value

@@ -26,7 +26,8 @@ Precision (``precision=``, CUDA only apart from the default): "float32" keeps th
 reference arithmetic; "tf32" lets float32 matrix products use TF32 tensor cores;
 "bf16" stores the standardized features in bfloat16 and runs the critics under
 bfloat16 autocast, with float32 master weights, Adam state and bounds.
-docs/benchmarks.md gives each mode's speed and its estimate differences to float32.
+bench/bench_mine.py measures each mode's speed and its estimates' differences to
+float32 (docs/benchmarks.md, "MI engine (paper recipe)").
 """
 
 import contextlib
@@ -166,7 +167,8 @@ def _precision(mode: str, device: torch.device):
     if mode == "float32":
         yield
     elif mode == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        # No cast cache: it would keep a bfloat16 copy of every step's fresh parameter leaves.
+        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False):
             yield
     else:
         matmul = torch.backends.cuda.matmul

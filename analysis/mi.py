@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.bounds import ESTIMATORS, Bound, check_estimator, make_bound
+from analysis.bounds import ESTIMATORS, Bound, make_bound
 from analysis.frames import ArrayLike, as_frames, standardize_frames
 from analysis.rng import ProblemRandom
 
@@ -70,7 +70,6 @@ __all__ = [
     "ESTIMATORS",
     "MIOptions",
     "StatisticsNetwork",
-    "check_estimator",
     "estimate_mi",
     "resolve_device",
     "resolve_options",

@@ -35,7 +35,7 @@ from analysis.chunking import Chunk, repeat_units, stacked_sizes
 from analysis.progress import Progress
 from analysis.rng import ProblemRandom
 
-__all__ = ["StackedCritics", "train_and_evaluate"]
+__all__ = ["StackedCritics", "evaluate", "prepare_training", "train_and_evaluate", "train_epoch"]
 
 
 def _length_groups(n_batches: List[int]) -> List[Tuple[int, int]]:
@@ -49,7 +49,7 @@ def _length_groups(n_batches: List[int]) -> List[Tuple[int, int]]:
 
 
 class StackedCritics:
-    """The stacked parameters of a chunk's critics and their Adam optimizers.
+    """The stacked parameters of a chunk's critics, their Adam optimizers and batch schedule.
 
     ``params`` is ``[W1x, W1y, b1, W2, b2, ..., WL, bL]``: W1x ``(U, dx, G * H1)``, the
     x blocks of a unit's G first layers side by side; every other W ``(K, in, out)``
@@ -65,6 +65,9 @@ class StackedCritics:
 
     def __init__(self, rng: ProblemRandom, dx: int, dy: int, group: int, n_batches: List[int], opts) -> None:
         self.group = group
+        # units_active[j]: units with a j-th batch in every epoch (a prefix: sorted lengths)
+        self.units_active = [sum(1 for m in n_batches if m > j) for j in range(n_batches[0])]
+        self.valid = repeat_units(rng.valid, group)  # (K, P) real positions of each problem
         self.params: List[torch.Tensor] = []
         for layer, (fan_in, fan_out) in enumerate(stacked_sizes(dx, dy, opts.hidden)):
             weight, bias = rng.init_linear(layer, fan_in, fan_out, opts.dtype)
@@ -181,17 +184,14 @@ def train_epoch(chunk: Chunk, rng: ProblemRandom, critics: StackedCritics, bound
     """One epoch of every problem's mini-batches; returns the bound's state after it."""
     group, b, dtype = chunk.group, opts.batch_size, opts.dtype
     dx, dy = chunk.xbank.shape[1], chunk.ybank.shape[1]
-    n_batches = [math.ceil(n / b) for n in chunk.lengths]
-    valid_k = repeat_units(rng.valid, group)  # (K, P)
     order, partner = rng.epoch(epoch, b)  # (U, P) each
     x_rows = order + chunk.x_offset[:, None]
     y_rows = repeat_units(order, group) + chunk.y_offset[:, None]  # (K, P)
     partner = repeat_units(partner, group)
-    for j in range(n_batches[0]):
-        units = sum(1 for m in n_batches if m > j)  # units with a j-th batch: a prefix
+    for j, units in enumerate(critics.units_active):
         count = units * group
         window = slice(j * b, (j + 1) * b)
-        valid = valid_k[:count, window]  # (k, b)
+        valid = critics.valid[:count, window]  # (k, b)
         n_valid = valid.sum(1).to(dtype)
         xb = chunk.xbank.index_select(0, x_rows[:units, window].reshape(-1)).view(units, b, dx)
         yb = chunk.ybank.index_select(0, y_rows[:count, window].reshape(-1)).view(count, b, dy)

@@ -24,6 +24,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_means",
     "near_log_n",
+    "spearman",
     "summarize_layers",
     "trend_verdict",
 ]
@@ -148,6 +149,23 @@ def near_log_n(estimates, n_frames, margin: float = 0.5) -> np.ndarray:
         raise ValueError(f"margin must be >= 0, got {margin}")
     with np.errstate(invalid="ignore"):
         return e >= np.log(n) - margin
+
+
+def _average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of ``a``, ties given the mean of the ranks they span."""
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts + 1) / 2)[inverse]
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two vectors (average ranks for ties; 0 if one is constant)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need two vectors of one length >= 2, got shapes {a.shape} and {b.shape}")
+    ra, rb = _average_ranks(a) - (len(a) - 1) / 2, _average_ranks(b) - (len(b) - 1) / 2
+    denominator = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
 
 
 @dataclass(frozen=True)

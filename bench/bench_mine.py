@@ -35,7 +35,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -181,12 +181,15 @@ def run(args, engine: Callable = estimate_mi_batched) -> Dict:
     subset = sorted(rng.choice(pairs, size=min(args.loop_pairs, pairs), replace=False).tolist())
     loop_seconds, loop_values = timed(lambda: [estimate_mi(xs[k], ys[k], "mine", options) for k in subset], device)
     loop_total = loop_seconds / len(subset) * pairs
+    print(json.dumps({"loop_pairs": len(subset), "loop_seconds": loop_seconds}), flush=True)
     result = dict(device=device_name(device), torch=torch.__version__, python=platform.python_version(),
                   shapes={k: getattr(args, k) for k in PAPER}, pairs=pairs, frame_pairs=sum(frames),
                   training_flops=flops, adam_bytes=adam_bytes, loop_pairs=len(subset), loop_seconds=loop_seconds,
                   loop_extrapolated_seconds=loop_total, engine={}, curves={})
     reference = None
     for precision in args.precisions:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         seconds, out = timed(lambda: engine(xs, ys, options=options, progress=False, precision=precision), device)
         estimates = out.estimates
         if reference is None:
@@ -197,8 +200,10 @@ def run(args, engine: Callable = estimate_mi_batched) -> Dict:
             mean_estimate=float(np.nanmean(estimates)),
             max_abs_vs_float32=float(np.max(np.abs(estimates - reference))),
             mean_abs_vs_float32=float(np.mean(np.abs(estimates - reference))))
+        print(json.dumps({"engine": precision, **result["engine"][precision]}), flush=True)  # kept if a later step fails
     for name in args.curve_estimators:
         result["curves"][name] = _time_curve(name, xs, ys, lengths, args, device)
+        print(json.dumps({"curve": name, **result["curves"][name]}), flush=True)
     return result
 
 

@@ -125,3 +125,18 @@ def test_near_log_n():
         near_log_n(estimates, n[:3])
     with pytest.raises(ValueError, match="margin"):
         near_log_n(estimates, n, margin=-1)
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    from analysis.stats import spearman
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.integers(0, 5, 12).astype(float)
+        b = a + rng.normal(0, 1.5, 12)
+        assert spearman(a, b) == pytest.approx(spearmanr(a, b)[0], abs=1e-12)
+    assert spearman([1, 2, 3], [5, 5, 5]) == 0.0
+    with pytest.raises(ValueError, match="one length"):
+        spearman([1, 2], [1, 2, 3])

@@ -5,7 +5,6 @@ score_wer.py, data_dir.py and make_results.py."""
 import importlib.util
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import RECIPE_ENV, copy_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "librispeech_100" / "mamba_mi"
 UTILS = RECIPE / "utils"
@@ -289,24 +290,11 @@ def test_cmd_sh_rejects_unknown_backend(tmp_path):
 LOCAL_SCRIPTS = sorted(p.name for p in (RECIPE / "local").glob("*.sh"))
 
 
-def _recipe_copy(tmp_path: Path) -> Path:
-    recipe = tmp_path / "recipe"
-    for name in ("local", "utils", "conf"):
-        shutil.copytree(RECIPE / name, recipe / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("path.sh", "cmd.sh", "mamba_mi.sh"):
-        shutil.copy2(RECIPE / name, recipe / name)
-    return recipe
-
-
-def _recipe_env() -> dict:
-    return dict(os.environ, MAMBA_MI_ROOT=str(RECIPE.parents[2]), OMP_NUM_THREADS="1")
-
-
 @pytest.mark.parametrize("script", LOCAL_SCRIPTS)
 def test_every_local_script_takes_python_and_ngpu(tmp_path, script):
-    recipe = _recipe_copy(tmp_path)
+    recipe = copy_recipe(tmp_path)
     out = _run(["bash", f"local/{script}", "--python", "python3", "--ngpu", "0", "--no_such_option", "1"],
-               cwd=recipe, env=_recipe_env())
+               cwd=recipe, env=RECIPE_ENV)
     assert out.returncode == 1
     assert f"({script}) Error: invalid option --no_such_option" in out.stderr
 
@@ -380,26 +368,26 @@ open(os.path.join(args.output_dir, "model.pth"), "w").write("weights")
 
 
 def test_ssamba_sh_ngpu_and_done_signature(tmp_path):
-    recipe = _recipe_copy(tmp_path)
+    recipe = copy_recipe(tmp_path)
     (recipe / "dump/raw/train_clean_100").mkdir(parents=True)
     (recipe / "dump/raw/train_clean_100/wav.scp").write_text("u1 /audio/u1.flac\n")
     (recipe / "fake_ssamba.py").write_text(FAKE_SSAMBA)
     cmd = ["bash", "local/ssamba.sh", "--ssamba_train_module", "fake_ssamba", "--ssamba_config", "conf/ssamba/mini.yaml"]
-    out = _run([*cmd, "--ngpu", "0"], cwd=recipe, env=_recipe_env())
+    out = _run([*cmd, "--ngpu", "0"], cwd=recipe, env=RECIPE_ENV)
     assert out.returncode == 0, out.stdout + out.stderr
     exp = recipe / "exp" / "ssamba_mini"
     assert (exp / ".done").read_text().startswith("config=") and (exp / "model.pth").exists()
-    again = _run([*cmd, "--ngpu", "0"], cwd=recipe, env=_recipe_env())
+    again = _run([*cmd, "--ngpu", "0"], cwd=recipe, env=RECIPE_ENV)
     assert "exp/ssamba_mini: trained (.done); skipping" in again.stdout
     assert (recipe / "calls.txt").read_text() == "device=cpu max_steps=None\n"
     # another --max_steps is another signature; a GPU run uses cuda (one GPU)
-    out = _run([*cmd, "--ngpu", "2", "--max_steps", "5"], cwd=recipe, env=_recipe_env())
+    out = _run([*cmd, "--ngpu", "2", "--max_steps", "5"], cwd=recipe, env=RECIPE_ENV)
     assert out.returncode == 0, out.stdout + out.stderr
     assert (recipe / "calls.txt").read_text().splitlines()[-1] == "device=cuda max_steps=5"
     assert "--device cuda" in (exp / "log" / "ssamba_train.log").read_text()
-    out = _run([*cmd, "--ngpu", "many"], cwd=recipe, env=_recipe_env())
+    out = _run([*cmd, "--ngpu", "many"], cwd=recipe, env=RECIPE_ENV)
     assert out.returncode == 1 and "--ngpu must be a non-negative integer, got 'many'" in out.stderr
-    out = _run([*cmd, "--train_set", "nothing"], cwd=recipe, env=_recipe_env())
+    out = _run([*cmd, "--train_set", "nothing"], cwd=recipe, env=RECIPE_ENV)
     assert out.returncode == 1 and "dump/raw/nothing/wav.scp is missing: run the data stages first" in out.stderr
 
 

@@ -7,6 +7,7 @@ files and their content, resuming from the caches, and how bad input is reported
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_run_mine_helpers as helpers  # noqa: E402
 
-from analysis import features, report, run_mine  # noqa: E402
+from analysis import discover, features, report, run_mine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper's per-utterance MINE as the main curve: these tests check the driver's mechanics.
@@ -297,3 +299,114 @@ def test_stage12_models_and_the_downstream_figure(tmp_path, monkeypatch):
     assert [r["layer"] for r in tuned["layers"]] == ["1", "2", "3"] and tuned["tags"]["family"] == "upstream"
     figure = out / "plots" / "compare_downstream_ssl_mamba_hubert_it2_L9.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_run_reports_calibrated_paper_and_cross_check_curves(recipe, monkeypatch):
+    """Defaults: gcmi (main), the paper's mine beside it, pooled-critic cross-check, calibration."""
+    exp = recipe / "exp"
+    args = [str(exp), "--n_utts", "8", "--epochs", "3", "--mine_batch_size", "16", "--n_boot", "200",
+            "--progress", "off", "--models", "asr_conbimamba_*"]
+    assert run_mine.main(args) == 0
+    out = exp / "mi"
+    for name in ("asr_conbimamba_ctc", "asr_conbimamba_dec"):
+        data = json.loads((out / f"{name}.json").read_text())
+        roles = {c["role"]: c for c in data["curves"]}
+        assert [c["estimator"] for c in data["curves"]] == ["gcmi", "mine", "pooled-critic"]
+        assert data["estimator"] == "gcmi" and data["verdict"] == roles["main"]["verdict"]
+        assert roles["main"]["unit"] == "utterance folds" and roles["main"]["n_units"] == 8
+        for role in ("main", "paper"):
+            calibration = roles[role]["calibration"]
+            assert -1.0 <= calibration["spearman"] <= 1.0 and calibration["ladders"] == 2
+            assert isinstance(calibration["trustworthy"], bool)
+            assert [r["shape"] for r in calibration["readings"]] == ["falls then rises", "falls"]
+            assert len(calibration["readings"][0]["true_mi"]) == 3
+        assert "calibration" not in roles["cross-check"]
+        assert data["cross_check"] == {"estimator": "pooled-critic", "verdict": roles["cross-check"]["verdict"],
+                                       "agrees": roles["cross-check"]["verdict"] == data["verdict"]}
+        assert read_csv(out / f"{name}.csv")[0]["estimator"] == "gcmi"
+        assert read_csv(out / f"{name}.mine.csv")[0]["estimator"] == "mine"
+        assert len(read_csv(out / f"{name}.pooled-critic.csv")) == 3
+        png = out / "plots" / f"{name}_calibration.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "RESULTS.md").read_text()
+    assert "main curve: `gcmi`" in summary and "paper curve: `mine`" in summary
+    assert "shapes named" in summary and "pooled-critic: " in summary
+    # Both models have the same shapes: one calibration per estimator, reused by the second run.
+    assert len(list((out / "calibration").glob("gcmi_*.json"))) == 1
+    calls = []
+    monkeypatch.setattr(run_mine, "calibrate", lambda *a, **k: calls.append(a))
+    assert run_mine.main(args) == 0 and calls == []
+
+
+def test_too_few_utterances_skip_a_curve_not_the_model(recipe):
+    exp = recipe / "exp"
+    assert run_mine.main([str(exp), "--n_utts", "5", "--epochs", "2", "--n_boot", "100", "--progress", "off",
+                          "--models", "asr_conbimamba_ctc", "--calibrate", "off", "--no_plots"]) == 0
+    data = json.loads((exp / "mi" / "asr_conbimamba_ctc.json").read_text())
+    assert [c["estimator"] for c in data["curves"]] == ["gcmi", "mine"]
+    missing = data["curves_not_estimated"]
+    assert missing[0]["estimator"] == "pooled-critic" and "5 utterances is fewer than the 8" in missing[0]["reason"]
+    assert "pooled-critic (cross-check): not estimated" in (exp / "mi" / "RESULTS.md").read_text()
+    # Too few for the main curve: the model is reported as not measured, with the count and the minimum.
+    assert run_mine.main([str(exp), "--n_utts", "3", "--progress", "off", "--models", "asr_conbimamba_ctc",
+                          "--paper_estimator", "none", "--cross_check", "none", "--calibrate", "off"]) == 1
+    skipped = json.loads((exp / "mi" / "summary.json").read_text())["skipped"]
+    assert "asr_conbimamba_ctc: gcmi: 3 utterances is fewer than the 4" in skipped[0]["reason"]
+
+
+def test_the_decoded_checkpoint_is_the_one_measured(tmp_path):
+    """The CTC-only model is decoded from valid.cer_ctc.ave.pth: that one, not latest.pth."""
+    exp = tmp_path / "exp"
+    helpers.make_asr_model(exp / "asr_ctc", decoder=False, checkpoint="valid.cer_ctc.ave.pth")
+    config_path = exp / "asr_ctc" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["best_model_criterion"] = [["valid", "cer_ctc", "min"]]
+    config_path.write_text(yaml.safe_dump(config))
+    shutil.copy(exp / "asr_ctc" / "valid.cer_ctc.ave.pth", exp / "asr_ctc" / "latest.pth")
+    (entry,) = discover.discover_models(exp)
+    assert entry.checkpoint.name == "valid.cer_ctc.ave.pth"
+
+
+BAD_OPTIONS = [
+    (["--lr", "-1"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--n_utts", "0"], "--n_utts"),
+    (["--hidden", "0,5"], "--hidden"),
+    (["--estimator", "magic"], "--estimator"),
+    (["--paper_estimator", "gcmi"], "--paper_estimator"),
+    (["--cross_check", "bogus"], "--cross_check"),
+    (["--calibrate", "maybe"], "--calibrate"),
+    (["--folds", "1"], "folds must be an int >= 2"),
+    (["--ridge", "-1"], "--ridge"),
+    (["--max_frames", "-3"], "--max_frames"),
+    (["--wav_scp", "nowhere/wav.scp"], "--wav_scp nowhere/wav.scp: no such file"),
+    (["--out", "FILE"], "exists and is not a directory"),
+]
+if not torch.cuda.is_available():
+    BAD_OPTIONS.append((["--device", "cuda"], "--device cuda: CUDA is not available"))
+
+
+@pytest.mark.parametrize("options, message", BAD_OPTIONS)
+def test_bad_options_are_named_before_any_work(recipe, monkeypatch, capsys, options, message):
+    monkeypatch.setattr(features, "build_extractor", lambda *a, **k: pytest.fail("extraction started"))
+    monkeypatch.chdir(recipe)
+    (recipe / "FILE").write_text("x")
+    try:
+        status = run_mine.main(["exp"] + options + ["--progress", "off"])
+    except SystemExit as e:  # argparse's own checks
+        status = e.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not (recipe / "exp" / "mi").exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused(recipe, capsys):
+    out = recipe / "exp" / "mi"
+    lock = run_mine.OutputLock(out)
+    try:
+        assert run_mine.main([str(recipe / "exp")] + QUICK) == run_mine.EXIT_LOCKED
+        assert f"{out} is in use by another run_mine (pid {os.getpid()})" in capsys.readouterr().err
+        assert not (out / "RESULTS.md").exists()
+    finally:
+        lock.release()
+    assert run_mine.main([str(recipe / "exp")] + QUICK + ["--models", "asr_conbimamba_ctc", "--no_plots"]) == 0

@@ -7,9 +7,12 @@ users run it). Takes several minutes on a CPU.
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
+from analysis import discover
 from conftest import RECIPE_ENV, needs_recipe_tools
 
 pytestmark = needs_recipe_tools
@@ -76,4 +79,14 @@ def test_stage13_measures_every_model(recipe):
         assert model in measured, (model, sorted(measured), summary["skipped"])
         assert measured[model]["verdict"] in ("falls", "falls then rises", "unclear")
         assert all(row["mean_mi"] == row["mean_mi"] for row in measured[model]["rows"])  # no NaN
-    assert list((recipe / "exp" / "mi" / "plots").glob("*.png"))
+        # The calibrated curve, the paper's beside it, each with its calibration, and the cross-check.
+        curves = {c["role"]: c for c in measured[model]["curves"]}
+        assert curves["main"]["estimator"] == "gcmi" and curves["paper"]["estimator"] == "mine"
+        assert "spearman" in curves["main"]["calibration"] and "spearman" in curves["paper"]["calibration"]
+        assert measured[model]["cross_check"]["estimator"] == "pooled-critic"
+        # The model measured is the model decoded.
+        config = yaml.safe_load((recipe / "exp" / model / "config.yaml").read_text())
+        if model.startswith("asr_"):
+            assert Path(measured[model]["checkpoint"]).name == discover.decoded_checkpoint(config)
+    assert list((recipe / "exp" / "mi" / "plots").glob("*_calibration.png"))
+    assert "shapes named" in (recipe / "exp" / "mi" / "RESULTS.md").read_text()

@@ -28,6 +28,7 @@ debian_packages=(
     espeak-ng sox libsox-fmt-all flac libsndfile1 build-essential cmake
     libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev
     zlib1g-dev libbz2-dev liblzma-dev
+    slurmctld slurmd slurm-client munge    # a one-node Slurm for tests/test_slurm.py (utils/slurm.pl)
 )
 
 stamp_inputs=("${tools}/install.sh" "${tools}/constraints.txt" "${tools}/requirements.txt" "${root}/setup.cfg"
