@@ -21,7 +21,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_run_mine_helpers as helpers  # noqa: E402
 
-from analysis import discover, features, report, run_mine  # noqa: E402
+from analysis import discover, features, measure, report, run_mine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper's per-utterance MINE as the main curve: these tests check the driver's mechanics.
@@ -51,8 +51,8 @@ class CountingEngine:
     def __init__(self, monkeypatch, fail_on_call=None):
         self.calls = []
         self.fail_on_call = fail_on_call
-        self.real = run_mine.estimate_mi_batched
-        monkeypatch.setattr(run_mine, "estimate_mi_batched", self)
+        self.real = measure.estimate_mi_batched
+        monkeypatch.setattr(measure, "estimate_mi_batched", self)
 
     def __call__(self, x, y, **kwargs):
         self.calls.append(len(x))
@@ -334,7 +334,7 @@ def test_default_run_reports_calibrated_paper_and_cross_check_curves(recipe, mon
     # Both models have the same shapes: one calibration per estimator, reused by the second run.
     assert len(list((out / "calibration").glob("gcmi_*.json"))) == 1
     calls = []
-    monkeypatch.setattr(run_mine, "calibrate", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(measure, "calibrate", lambda *a, **k: calls.append(a))
     assert run_mine.main(args) == 0 and calls == []
 
 
