@@ -27,13 +27,10 @@ GPU, would make the host wait for the device).
 from typing import Optional
 
 import torch
-from espnet.nets.pytorch_backend.transformer.layer_norm import LayerNorm
-from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (
-    PositionwiseFeedForward,
-)
 from torch import nn
 from torch.nn import functional as F
 
+from espnet_mamba.espnet_compat import LayerNorm, PositionwiseFeedForward
 from espnet_mamba.nn.bimamba import BiMamba, Padding, resolve_padding
 
 __all__ = ["ConBiMambaLayer", "MaskedConvolutionModule"]

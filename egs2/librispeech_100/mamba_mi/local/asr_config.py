@@ -19,11 +19,7 @@ import yaml
 
 from make_results import has_decoder
 
-
-def decoded_checkpoint(config: Dict) -> str:
-    """The averaged checkpoint ESPnet writes for the config's first best_model_criterion."""
-    phase, metric = (config.get("best_model_criterion") or [["valid", "loss"]])[0][:2]
-    return f"{phase}.{metric}.ave.pth"
+from analysis.discover import decoded_checkpoint
 
 
 def frontend(config: Dict) -> str:
