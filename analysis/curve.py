@@ -232,12 +232,12 @@ def utterance_pairs(utterances: Sequence[Sequence], utt_ids: Optional[Sequence[s
     """:class:`LayerPairs` of in-memory features: per utterance ``[X, T_1, ..., T_L]``.
 
     Each T_i must have the frame count of X, or X is paired with it by
-    :func:`analysis.features.align_frames` (a downstream at a lower frame rate).
+    :func:`analysis.pairing.align_frames` (a downstream at a lower frame rate).
 
     Raises:
         ValueError: Utterances with different numbers of layers, or fewer than 2 matrices.
     """
-    from analysis.features import align_frames
+    from analysis.pairing import align_frames
 
     utterances = [[torch.as_tensor(np.asarray(a)) if not torch.is_tensor(a) else a for a in u] for u in utterances]
     if not utterances:

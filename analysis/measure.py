@@ -73,22 +73,20 @@ def _features(entry, utterances, cfg: RunConfig) -> features.FeatureStore:
 def store_pairs(store: features.FeatureStore, max_frames: Optional[int]) -> LayerPairs:
     """The (X, T_i) frames of every layer of a feature cache, in the cache's precision.
 
-    X is paired with each layer's frame rate by :func:`analysis.features.align_frames`,
-    then both are cut to ``max_frames``; layers at one frame rate share one X list
-    (estimators prepare it once).
+    The cache pairs X with each layer's frame rate (:mod:`analysis.pairing`); layers
+    that share one paired X share one list of it (estimators prepare it once).
     """
     layer_names = list(store.meta["layer_names"])[1:]
-    x_by_frames: Dict[tuple, List[torch.Tensor]] = {}
+    x_lists: Dict[tuple, List[torch.Tensor]] = {}
 
     def layer(i: int):
-        full = [store.get(utt, i + 1) for utt in store.utt_ids]
-        ts = [torch.from_numpy(np.array(t[:max_frames])) for t in full]
-        key = tuple(int(t.shape[0]) for t in full)
-        if key not in x_by_frames:
-            x_by_frames.clear()
-            x_by_frames[key] = [features.align_frames(torch.from_numpy(np.array(store.get(utt, 0))), n)[:max_frames]
-                                for utt, n in zip(store.utt_ids, key)]
-        return x_by_frames[key], ts
+        ts = [torch.from_numpy(np.array(store.get(utt, i + 1)[:max_frames])) for utt in store.utt_ids]
+        key = tuple(store.x_index(utt, i + 1) for utt in store.utt_ids)
+        if key not in x_lists:
+            x_lists.clear()
+            x_lists[key] = [torch.from_numpy(np.array(store.get(utt, k)[:max_frames]))
+                            for utt, k in zip(store.utt_ids, key)]
+        return x_lists[key], ts
 
     return LayerPairs(len(layer_names), layer, store.utt_ids, layer_names)
 

@@ -22,11 +22,12 @@ A comparison is drawn only when both sides exist.
 """
 
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from espnet_mamba.io import atomic_write
 
 __all__ = ["FLOOR", "comparisons", "plot_calibration", "plot_curves", "plot_model"]
 
@@ -86,15 +87,13 @@ def _layer_axis(ax, rows_list: Sequence[Sequence[dict]]) -> None:
 
 
 def _save(fig, path_stem) -> List[Path]:
-    """``<path_stem>.png`` and ``.pdf``, each written to a temporary name and renamed."""
+    """``<path_stem>.png`` and ``.pdf``, each written atomically."""
     path_stem = Path(path_stem)
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in (".png", ".pdf"):
         target = path_stem.with_name(path_stem.name + suffix)
-        tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{suffix}")
-        fig.savefig(tmp, dpi=150)
-        tmp.replace(target)
+        with atomic_write(target, "wb") as f:
+            fig.savefig(f, format=suffix[1:], dpi=150)
         written.append(target)
     _pyplot().close(fig)
     return written

@@ -13,7 +13,8 @@ __all__ = ["EspnetSslExtractor", "ssl_layers"]
 def ssl_layers(model: torch.nn.Module, wavs: List[torch.Tensor], device: torch.device) -> List[List[torch.Tensor]]:
     """``[X, T_1..T_N]`` of each waveform (real frames, float32 on CPU) from
     :func:`espnet_mamba.ssl.model.ssl_hidden_states`: X is the input of the first encoder
-    layer (CNN features after the pre-encoder), T_i each layer's output."""
+    layer (CNN features after the pre-encoder, with the positional embedding of
+    ``pos_enc: conv`` where the encoder has one), T_i each layer's output."""
     from espnet_mamba.ssl.model import ssl_hidden_states
 
     lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long, device=device)
@@ -28,7 +29,10 @@ class EspnetSslExtractor(LayerExtractor):
 
     def __init__(self, entry: ModelEntry, device: torch.device) -> None:
         super().__init__(entry, device)
+        from espnet_mamba.bin import register
         from espnet_mamba.ssl.model import load_ssl_model, num_encoder_layers
+
+        register()  # our encoders must be ESPnet choices before the config is read
 
         try:
             model, _ = load_ssl_model(entry.checkpoint, entry.config_path, device=device)
@@ -40,7 +44,8 @@ class EspnetSslExtractor(LayerExtractor):
         self.padding_safe = True  # frontend per utterance; conbimamba/transformer are padding safe
         self.x_description = (
             "hidden_states[0] of the SSL model (= its S3PRL upstream's): input of the first "
-            f"{type(model.encoder).__name__} layer (CNN features after normalize/pre-encoder)"
+            f"{type(model.encoder).__name__} layer (CNN features after normalize/pre-encoder, with the "
+            "encoder's convolutional positional embedding if it has one)"
         )
 
     @torch.no_grad()
