@@ -10,7 +10,7 @@ dimensions, frame counts and number of utterances (a "falls then rises" ladder a
 - whether E's verdict names each ladder's true shape;
 - the range of MI it resolves: from the lowest true MI whose interval clears the
   independent layer's, up to the highest true MI below which its means still rise
-  with the truth (on every ladder);
+  with the truth from there (on every ladder);
 - ``trustworthy``: every ladder ranked with Spearman >= ``min_spearman`` and named
   correctly. A model verdict from an estimator that is not trustworthy at that
   model's shapes is reported as such.
@@ -58,22 +58,25 @@ class LadderReading:
     def verdict_ok(self) -> bool:
         return self.curve.verdict == self.ladder.shape
 
-    def rising_up_to(self) -> float:
-        """Largest true MI below which the layer means rise with the truth."""
-        order = np.argsort(self.ladder.true_mi)
-        true = np.asarray(self.ladder.true_mi)[order]
-        means = self.curve.means[order]
-        top = true[0]
-        for k in range(1, len(true)):
-            if means[k] <= means[k - 1]:
-                break
-            top = true[k]
-        return float(top)
-
     def resolvable_from(self) -> float:
         """Lowest true MI whose interval lies above the independent layer's (inf if none)."""
         above = np.asarray(self.ladder.true_mi)[self.curve.ci_low > self.null_high]
         return float(above.min()) if above.size else math.inf
+
+    def rising_up_to(self, start: float) -> float:
+        """Largest true MI up to which, from ``start`` on, the layer means rise with the truth."""
+        order = np.argsort(self.ladder.true_mi)
+        true = np.asarray(self.ladder.true_mi)[order]
+        means = self.curve.means[order]
+        first = int(np.searchsorted(true, start))
+        if first >= len(true):
+            return -math.inf
+        top = true[first]
+        for k in range(first + 1, len(true)):
+            if means[k] <= means[k - 1]:
+                break
+            top = true[k]
+        return float(top)
 
 
 @dataclass
@@ -94,7 +97,10 @@ class Calibration:
 
     @property
     def resolvable(self) -> Tuple[float, float]:
-        return max(r.resolvable_from() for r in self.readings), min(r.rising_up_to() for r in self.readings)
+        """``(low, high)`` nats: every ladder tells its layers from independence from ``low``
+        on, and its means rise with the truth from there up to ``high`` (low > high: none)."""
+        low = max(r.resolvable_from() for r in self.readings)
+        return low, min(r.rising_up_to(low) for r in self.readings)
 
     @property
     def trustworthy(self) -> bool:

@@ -18,15 +18,18 @@ of synthetic ladders at the shapes of real models (docs/benchmarks.md, "Calibrat
 another kind (non-linear), see :mod:`analysis.calibration` for both uses.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from analysis import stats
+from analysis.engine import estimate_mi_batched
 from analysis.gaussian_mi import GaussianCopulaOptions, HeldOutGaussianCopula
+from analysis.mi import ESTIMATORS, MIOptions
 from analysis.pooled_critic import PooledCriticOptions, pooled_critic_group_estimates
+from analysis.rng import derive_seed
 
 __all__ = [
     "CROSS_CHECK_ESTIMATOR",
@@ -44,7 +47,7 @@ __all__ = [
 DEFAULT_ESTIMATOR = "gcmi"
 PAPER_ESTIMATOR = "mine"
 CROSS_CHECK_ESTIMATOR = "pooled-critic"
-PER_UTTERANCE_ESTIMATORS = ("mine", "mine-ema", "nwj", "infonce", "smile")
+PER_UTTERANCE_ESTIMATORS = ESTIMATORS
 
 # One layer's frames: per utterance, X ``(n_u, dx)`` and T ``(n_u, dt)``, row-aligned.
 Pairs = Tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]
@@ -124,10 +127,7 @@ def _critic_values(pairs: LayerPairs, options: PooledCriticOptions, seed: int, d
 
 
 def _per_utterance(name: str) -> Callable:
-    def values(pairs: LayerPairs, options, seed: int, device) -> np.ndarray:
-        from analysis.engine import estimate_mi_batched
-        from analysis.rng import derive_seed
-
+    def values(pairs: LayerPairs, options: MIOptions, seed: int, device) -> np.ndarray:
         seeds = [derive_seed(seed, utt) for utt in pairs.utt_ids]
         columns = []
         for i in range(pairs.n_layers):
@@ -138,12 +138,6 @@ def _per_utterance(name: str) -> Callable:
         return np.stack(columns, axis=1)
 
     return values
-
-
-def _mi_options_type():
-    from analysis.mi import MIOptions
-
-    return MIOptions
 
 
 def _table() -> Dict[str, CurveEstimator]:
@@ -161,7 +155,7 @@ def _table() -> Dict[str, CurveEstimator]:
         paper = " (the paper's recipe)" if name == PAPER_ESTIMATOR else ""
         table[name] = CurveEstimator(
             name, f"per-utterance {name} lower bound valued on the frames its critic was trained on, averaged "
-            f"over utterances{paper}", "utterances", _mi_options_type(), _per_utterance(name))
+            f"over utterances{paper}", "utterances", MIOptions, _per_utterance(name))
     return table
 
 
@@ -200,7 +194,6 @@ class LayerCurve:
     ci_high: np.ndarray
     verdict: str
     test: str
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_units(self) -> int:

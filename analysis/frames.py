@@ -31,7 +31,7 @@ def as_frames(a: ArrayLike, name: str, check_finite: bool = True) -> torch.Tenso
         ValueError: Wrong number of dimensions, no feature dimension, or
             non-finite values.
     """
-    t = torch.as_tensor(a)
+    t = torch.as_tensor(a).detach()  # data, not a graph to differentiate through
     if t.dim() == 1:
         t = t.unsqueeze(1)
     if t.dim() != 2:

@@ -36,8 +36,11 @@ SAMPLE_RATE = 16000
 
 def build_model(kind: str, small: bool, device: torch.device):
     """ESPnet SSL model for ``kind`` in {"mamba_hubert", "mamba_hubert-torch", "hubert"}, and its classes."""
-    import espnet_mamba.tasks  # noqa: F401  (registers conbimamba)
     from espnet2.tasks.ssl import SSLTask
+
+    from espnet_mamba.registry import register
+
+    register()  # conbimamba
 
     name = kind.split("-")[0]
     path = CONF / "tiny" / f"{name}.yaml" if small else CONF / f"{name}_it1.yaml"

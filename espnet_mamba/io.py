@@ -69,7 +69,7 @@ def torch_load(path: PathLike, map_location: Any = "cpu") -> Any:
         text = str(e).strip()
         first_line = text.splitlines()[0] if text else type(e).__name__
         raise CheckpointError(
-            f"{path}: cannot be read as a model state dict (a file of tensors written by torch.save, e.g. "
+            f"{path}: not a model state dict (a file of tensors written by torch.save, e.g. "
             f"ESPnet's latest.pth or valid.loss.best.pth, is expected): {first_line}"
         ) from e
 

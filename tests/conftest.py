@@ -33,6 +33,10 @@ needs_recipe_tools = [
     pytest.mark.skipif(not (REPO / ".venv" / "bin" / "lmplz").exists(), reason="needs .venv with KenLM (tools/install.sh)"),
 ]
 RECIPE_ENV = dict(os.environ, MAMBA_MI_ROOT=str(REPO), OMP_NUM_THREADS="1")
+if not torch.cuda.is_available():
+    # Triton reads this when it is first imported, by whichever test module comes first:
+    # without a GPU its kernels run through its interpreter.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 if xdist_worker() is not None:  # the workers share the cores
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))

@@ -1,8 +1,7 @@
 """The packages' layers: imports point one way, and importing changes nothing elsewhere.
 
 Layers, lowest first: espnet_mamba.io and espnet_mamba.espnet_compat (nothing of ours),
-nn, encoder, ssl and ssamba (apart), registry, s3prl_upstream, bin (and the
-``espnet_mamba.tasks`` name), analysis. A module imports only from its own package or
+nn, encoder, ssl and ssamba (apart), registry, s3prl_upstream, bin, analysis. A module imports only from its own package or
 a lower layer; that is read from the source, imports inside functions included, and
 then checked again in fresh interpreters through ``sys.modules``.
 """
@@ -31,7 +30,6 @@ LAYERS = (
     ("espnet_mamba.registry", 4, "registry"),
     ("s3prl_upstream", 5, "s3prl_upstream"),
     ("espnet_mamba.bin", 6, "bin"),
-    ("espnet_mamba.tasks", 6, "bin"),
     ("analysis", 7, "analysis"),
 )
 
@@ -184,25 +182,6 @@ def test_registration_happens_when_called_and_nothing_reaches_the_network():
     assert result["hub"] == ["mamba_hubert_local", "transformer_hubert_local", "mamba_mi_hubert_local"]
     assert result["asr"] == ["conbimamba", "hubert_finetune"] and result["ssl"] is True
     assert result["s3prl_frontend"] is True
-
-
-def test_import_of_espnet_mamba_tasks_registers(monkeypatch):
-    """``import espnet_mamba.tasks``, the name README's loading example uses, registers as
-    the entry points do."""
-    import s3prl.hub
-    import s3prl_upstream
-    from espnet2.tasks import asr
-
-    import espnet_mamba.tasks  # noqa: F401  (registers; undone below to import it again)
-
-    monkeypatch.delitem(asr.encoder_choices.classes, "conbimamba")
-    for name in s3prl_upstream.UPSTREAM_NAMES:
-        monkeypatch.delattr(s3prl.hub, name)
-    monkeypatch.delitem(sys.modules, "espnet_mamba.tasks")
-    import espnet_mamba.tasks  # noqa: F401, F811
-
-    assert "conbimamba" in asr.encoder_choices.classes
-    assert all(name in vars(s3prl.hub) for name in s3prl_upstream.UPSTREAM_NAMES)
 
 
 # ------------------------------------------------------------ espnet_compat

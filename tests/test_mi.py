@@ -224,3 +224,11 @@ def test_infonce_stays_below_log_batch_size():
     value = estimate_mi(x, x.clone(), "infonce", epochs=30, lr=3e-3, batch_size=16)
     assert value <= math.log(16) + 1e-5
     assert value > math.log(16) - 0.5  # y = x: the bound is nearly saturated
+
+
+def test_inputs_with_autograd_history_are_data():
+    x = torch.randn(64, 2, requires_grad=True)
+    y = 2.0 * x + 0.1  # carries a graph back to x
+    value = estimate_mi(x, y, epochs=2, batch_size=32)
+    assert value == estimate_mi(x.detach(), y.detach(), epochs=2, batch_size=32)
+    assert x.grad is None

@@ -212,7 +212,7 @@ def test_broken_models_are_skipped_and_the_others_written(recipe, capsys):
         assert not (out / f"{name}.csv").exists()
     skipped = {s["name"]: s["reason"] for s in json.loads((out / "summary.json").read_text())["skipped"]}
     assert set(skipped) == {"asr_conbimamba_dec", "asr_conformer_ctc", "asr_nan", "asr_nockpt"}
-    assert "valid.acc.ave.pth: cannot be read" in skipped["asr_conbimamba_dec"]
+    assert "valid.acc.ave.pth: not a model state dict" in skipped["asr_conbimamba_dec"]
     assert "unreadable config" in skipped["asr_conformer_ctc"]
     assert "layer 3 has NaN" in skipped["asr_nan"]
     assert "no checkpoint" in skipped["asr_nockpt"]

@@ -23,7 +23,9 @@ SAMPLE_RATE = 16000
 
 
 def _asr_args(encoder: str, encoder_conf: dict, decoder: bool):
-    import espnet_mamba.tasks  # noqa: F401  (registers conbimamba)
+    from espnet_mamba.bin import register
+
+    register()  # conbimamba and our S3PRL upstreams
     from espnet2.tasks.asr import ASRTask
 
     argv = [
@@ -127,7 +129,9 @@ def make_ssamba_model(model_dir: Path, seed=0, embed_dim=16):
 
 def make_ssl_model(model_dir: Path, encoder="conbimamba", seed=0):
     """A tiny Mamba-HuBERT (or Transformer HuBERT) of ESPnet's SSL task: config.yaml + latest.pth."""
-    import espnet_mamba.tasks  # noqa: F401  (registers conbimamba)
+    from espnet_mamba.bin import register
+
+    register()  # conbimamba and our S3PRL upstreams
     from espnet2.tasks.ssl import SSLTask
 
     args = SSLTask.get_parser().parse_args(["--token_list", "unused", "--frontend", "wav2vec_cnn",
@@ -155,8 +159,6 @@ def make_upstream_asr_model(model_dir: Path, upstream_ckpt: str, num_blocks=2, i
     """ASR model on an S3PRL upstream (``frontend: s3prl``, ``mamba_mi_hubert_local``) with a
     small Conformer downstream, as stage 12 builds it; ``upstream_ckpt`` is relative to the
     recipe root (the parent of ``exp/``), which must be the working directory when building."""
-    import s3prl_upstream  # noqa: F401  (registers the upstream names)
-
     encoder_conf = dict(CONFORMER, num_blocks=num_blocks, input_layer=input_layer)
     task, args = _asr_args("conformer", encoder_conf, decoder=False)
     args.frontend = "s3prl"

@@ -74,6 +74,7 @@ def test_stage13_measures_every_model(recipe):
     assert "Stage 13: done" in runs["true"]
     summary = json.loads((recipe / "exp" / "mi" / "summary.json").read_text())
     measured = {m["name"]: m for m in summary["models"]}
+    calibrated = set()
     for model in ("asr_train_asr_conbimamba", "asr_train_asr_conbimamba_nodec", "ssl_mamba_hubert_it2_L6",
                   "ssl_hubert_it2_L6"):
         assert model in measured, (model, sorted(measured), summary["skipped"])
@@ -82,11 +83,13 @@ def test_stage13_measures_every_model(recipe):
         # The calibrated curve, the paper's beside it, each with its calibration, and the cross-check.
         curves = {c["role"]: c for c in measured[model]["curves"]}
         assert curves["main"]["estimator"] == "gcmi" and curves["paper"]["estimator"] == "mine"
-        assert "spearman" in curves["main"]["calibration"] and "spearman" in curves["paper"]["calibration"]
+        if len(measured[model]["rows"]) >= 3:  # a shape, and so a calibration, needs 3 layers
+            assert "spearman" in curves["main"]["calibration"] and "spearman" in curves["paper"]["calibration"]
+            calibrated.add(model)
         assert measured[model]["cross_check"]["estimator"] == "pooled-critic"
         # The model measured is the model decoded.
         config = yaml.safe_load((recipe / "exp" / model / "config.yaml").read_text())
         if model.startswith("asr_"):
             assert Path(measured[model]["checkpoint"]).name == discover.decoded_checkpoint(config)
-    assert list((recipe / "exp" / "mi" / "plots").glob("*_calibration.png"))
+    assert calibrated and list((recipe / "exp" / "mi" / "plots").glob("*_calibration.png"))
     assert "shapes named" in (recipe / "exp" / "mi" / "RESULTS.md").read_text()
