@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from espnet_mamba.nn import mamba as mamba_module
 from espnet_mamba.nn import selective_scan as scan_module
+from espnet_mamba.nn import torch_scan
 from espnet_mamba.nn.mamba import Mamba
 from espnet_mamba.nn.selective_scan import cuda_scan_available, selective_scan_reference
 
@@ -103,7 +104,7 @@ def sequential_mamba(layer: Mamba, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("length", [1, 3, 40, 130])
 @pytest.mark.parametrize("bias", [False, True])
 def test_matches_sequential_reference(monkeypatch, length, bias):
-    monkeypatch.setattr(scan_module, "_CHUNK_ELEMENTS", 1)  # several chunks
+    monkeypatch.setattr(torch_scan, "_CHUNK_ELEMENTS", 1)  # several chunks
     torch.manual_seed(length)
     layer = Mamba(d_model=16, d_state=4, d_conv=3, bias=bias, backend="torch")
     # Larger step sizes than the default init, so that the state matters.

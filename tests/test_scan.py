@@ -7,15 +7,15 @@ computed by :func:`selective_scan_reference` in float64 from the same inputs.
 import pytest
 import torch
 
-from espnet_mamba.nn import selective_scan as scan_module
+from espnet_mamba.nn import torch_scan
 from espnet_mamba.nn.selective_scan import (
     BACKEND_ENV_VAR,
-    _SelectiveScanCore,
     cuda_scan_available,
     resolve_backend,
     selective_scan,
     selective_scan_reference,
 )
+from espnet_mamba.nn.torch_scan import _SelectiveScanCore
 
 LENGTHS = [1, 2, 3, 31, 32, 33, 63, 64, 65, 100, 257, 1000, 2000]
 
@@ -49,12 +49,12 @@ def make_inputs(batch, dim, n_state, length, regime="normal", seed=0):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Forces the smallest chunk (16 frames) so that long inputs span many chunks."""
-    monkeypatch.setattr(scan_module, "_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(torch_scan, "_CHUNK_ELEMENTS", 1)
 
 
 def test_chunk_size_is_power_of_two_in_range():
     for batch, dim, n in [(1, 1, 1), (2, 8, 4), (8, 1536, 16), (64, 4096, 64)]:
-        chunk = scan_module._chunk_size(batch, dim, n, torch.device("cpu"))
+        chunk = torch_scan._chunk_size(batch, dim, n, torch.device("cpu"))
         assert 16 <= chunk <= 1024
         assert chunk & (chunk - 1) == 0
 
