@@ -186,21 +186,24 @@ def _curve(entry, store, pairs: LayerPairs, role: str, estimator: str, cfg: RunC
     }
 
 
-def _calibration(pairs: LayerPairs, estimator: str, cfg: RunConfig) -> dict:
-    """The calibration of ``estimator`` at the shapes of ``pairs``, cached by those shapes."""
-    xs, ts0 = pairs.layer(0)
-    frames = [int(x.shape[0]) for x in xs]
-    t_dims = [int(pairs.layer(i)[1][0].shape[1]) for i in range(pairs.n_layers)]
+def _calibration(store: features.FeatureStore, estimator: str, cfg: RunConfig) -> dict:
+    """The calibration of ``estimator`` at the shapes of the model's features (the frames
+    of its first layer, its X and T dimensions), cached by those shapes."""
+    first = store.utt_ids[0]
+    n_layers = len(store.meta["layer_names"]) - 1
+    frames = [int(store.get(utt, 1)[:cfg.max_frames].shape[0]) for utt in store.utt_ids]
+    x_dim = int(store.get(first, store.x_index(first, 1)).shape[1])
+    t_dims = [int(store.get(first, i).shape[1]) for i in range(1, n_layers + 1)]
     identity = {
         "format": _CALIBRATION_FORMAT, "estimator": estimator, "options": options_identity(cfg.options(estimator)),
-        "frames": frames, "x_dim": int(xs[0].shape[1]), "t_dims": t_dims, "seed": cfg.seed, "n_boot": cfg.n_boot,
+        "frames": frames, "x_dim": x_dim, "t_dims": t_dims, "seed": cfg.seed, "n_boot": cfg.n_boot,
     }
     path = cfg.out_dir / "calibration" / f"{estimator}_{digest(identity)}.json"
     saved = _load_saved(path, identity, "calibration")
     if saved is not None:
         return saved["result"]
     start = time.perf_counter()
-    result = calibrate(get_estimator(estimator), cfg.options(estimator), frames, identity["x_dim"], t_dims,
+    result = calibrate(get_estimator(estimator), cfg.options(estimator), frames, x_dim, t_dims,
                        seed=cfg.seed, device=cfg.device, n_boot=cfg.n_boot)
     payload = dict(result.to_json(), summary=result.summary(), seconds=round(time.perf_counter() - start, 2))
     atomic_write_text(path, json.dumps({"identity": identity, "result": payload}))
@@ -217,7 +220,7 @@ def measure_model(entry, utterances, cfg: RunConfig) -> dict:
         try:
             curve = _curve(entry, store, pairs, role, estimator, cfg)
             if cfg.calibrate and role != "cross-check" and len(pairs.layer_names) >= 3:
-                curve["calibration"] = _calibration(pairs, estimator, cfg)
+                curve["calibration"] = _calibration(store, estimator, cfg)
         except ValueError as e:  # too few utterances or frames for this estimator
             if role == "main":
                 raise features.ExtractionError(f"model {entry.name}: {estimator}: {e}") from e
