@@ -198,7 +198,7 @@ def test_broken_checkpoint_raises_extraction_error(tmp_path):
     helpers.make_asr_model(tmp_path / "exp" / "asr_a", decoder=False, checkpoint="valid.loss.ave.pth")
     (tmp_path / "exp" / "asr_a" / "valid.loss.ave.pth").write_bytes(b"not a checkpoint")
     (entry,) = discover.discover_models(tmp_path / "exp")
-    with pytest.raises(features.ExtractionError, match="valid.loss.ave.pth: cannot be read"):
+    with pytest.raises(features.ExtractionError, match="valid.loss.ave.pth: not a model state dict"):
         features.build_extractor(entry, "cpu")
     # A state dict of another model: named keys are reported, nothing is loaded partly.
     torch.save({"encoder.foo": torch.zeros(1)}, tmp_path / "exp" / "asr_a" / "valid.loss.ave.pth")
