@@ -48,6 +48,19 @@ def test_table2_rows_and_paper_numbers(tmp_path):
     assert text.startswith(table2.BEGIN) and text.endswith(table2.END)
 
 
+def test_table2_rows_of_a_variant(tmp_path):
+    exp = tmp_path / "exp"
+    write_result(exp, "ft_mamba_hubert_nopos_it2_L6", "decode_ctc_ngram_valid.loss.ave", "test_clean", 30.0)
+    write_result(exp, "ft_mamba_hubert_it2_L6", "decode_ctc_ngram_valid.loss.ave", "test_clean", 20.0)
+    write_result(exp, "s3prl_conformer_hubert_x_y_it2_L6", "decode_conformer_valid.acc.ave", "test_clean", 1.0)
+    entries = table2.collect(exp)
+    assert [(e["exp"], e["variant"]) for e in entries] == [
+        ("ft_mamba_hubert_it2_L6", ""), ("ft_mamba_hubert_nopos_it2_L6", "nopos")]
+    text = table2.render(entries, ["test_clean", "test_other"])
+    assert "| Mamba-HuBERT (L6) fine-tuned + 4-gram | 20.0 | - | 16.68 | 25.21 |" in text
+    assert "| Mamba-HuBERT nopos (L6) fine-tuned + 4-gram | 30.0 | - | - | - |" in text  # no paper numbers
+
+
 def test_table2_section_keeps_the_rest_of_results(tmp_path):
     results = tmp_path / "RESULTS.md"
     table_i = "# Results\n\n## Table I: WER (%)\n\n| Model | dev |\n|---|---|\n| + Decoder | 5.9 |\n"

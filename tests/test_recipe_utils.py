@@ -256,6 +256,33 @@ def test_experiment_name_helpers(tmp_path):
     assert out.stdout == "6 9|6|hubert_it2_L6|exp/ssl_mamba_hubert_it2_L9\n"
 
 
+def test_experiment_names_of_a_variant(tmp_path):
+    script = _shell_recipe(tmp_path, """\
+        expdir=exp ssl_tag=nopos
+        echo "$(ssl_name hubert)|$(it2_tag mamba_hubert 6)|$(ssl_it1_exp mamba_hubert)|$(ssl_it2_exp hubert 6)"
+        """)
+    out = _run(["./script.sh"], cwd=tmp_path)
+    assert out.stdout == "hubert_nopos|mamba_hubert_nopos_it2_L6|exp/ssl_mamba_hubert_nopos_it1|exp/ssl_hubert_nopos_it2_L6\n"
+
+
+def test_ssl_tag_picks_the_models_with_a_config_of_the_variant(tmp_path):
+    recipe = copy_recipe(tmp_path)
+    # the paper's conf/ssl: conf/ssl/tuning has the nopos variant of Mamba-HuBERT only
+    out = _run(["local/ssl.sh", "--ssl_tag", "nopos"], cwd=recipe, env=RECIPE_ENV)
+    assert out.returncode == 1
+    assert "no nopos variant of hubert" in out.stdout and "variant of mamba_hubert" not in out.stdout
+    assert "wav.scp is missing" in out.stderr  # got past the configs: mamba_hubert's were found
+    out = _run(["local/ssl.sh", "--ssl_tag", "nopos", "--conf_dir", "conf/ssl/tiny"], cwd=recipe, env=RECIPE_ENV)
+    assert out.returncode == 1 and "no model has a config of variant 'nopos' in conf/ssl/tiny" in out.stderr
+    out = _run(["local/downstream.sh", "--ssl_tag", "nopos", "--stage", "5", "--models", "hubert"], cwd=recipe,
+               env=RECIPE_ENV)
+    assert out.returncode == 1 and "stage 11 pretrained no nopos variant of hubert; skipped" in out.stdout
+    assert "no pretrained model to use (--models 'hubert', --ssl_tag 'nopos')" in out.stderr
+    for script in ("local/ssl.sh", "local/downstream.sh"):
+        out = _run([script, "--ssl_tag", "no-pos"], cwd=recipe, env=RECIPE_ENV)
+        assert out.returncode == 1 and "--ssl_tag must be letters and digits, got 'no-pos'" in out.stderr
+
+
 @pytest.mark.parametrize("settings,train_cmd,decode_cmd", [
     ("", "utils/run.pl", "utils/run.pl"),
     ("cmd_backend=slurm", "utils/slurm.pl", "utils/slurm.pl"),

@@ -69,6 +69,7 @@ lm_train_module=espnet_mamba.bin.lm_train # python -m module for LM training
 results=RESULTS.md      # stage 10 writes the result tables here
 ## Pretraining, downstream ASR and the MI analysis (stages 11-13)
 hubert_label_layer="6 9" # Mamba-HuBERT layer(s) whose k-means give iteration-2 targets (one model each)
+ssl_tag=""              # a pretraining variant for stages 11-12, e.g. nopos (configs <model>_it<N>_<tag>.yaml)
 ssl_opts=""             # extra options of local/ssl.sh (stage 11; run.sh sets the corpus's)
 ssamba_opts=""          # options of local/ssamba.sh (stage 11; empty: no SSAMBA)
 downstream_opts=""      # extra options of local/downstream.sh (stage 12; run.sh sets the corpus's)
@@ -525,7 +526,7 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
     # shellcheck disable=SC2086
     local/ssl.sh --ngpu "${ngpu}" --python "${python}" --dumpdir "${dumpdir}" --expdir "${expdir}" \
         --train_set "${train_set}" --valid_set "${valid_set}" \
-        --hubert_label_layer "${hubert_label_layer}" ${ssl_opts}
+        --hubert_label_layer "${hubert_label_layer}" --ssl_tag "${ssl_tag}" ${ssl_opts}
     if [ -n "${ssamba_opts}" ]; then
         # shellcheck disable=SC2086
         local/ssamba.sh --ngpu "${ngpu}" --python "${python}" --train_set "${train_set}" --dumpdir "${dumpdir}" \
@@ -540,7 +541,7 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
     local/downstream.sh --ngpu "${ngpu}" --inference_nj "${inference_nj}" --python "${python}" \
         --dumpdir "${dumpdir}" --expdir "${expdir}" --train_set "${train_set}" --valid_set "${valid_set}" \
         --nbpe "${nbpe}" --bpemode "${bpemode}" --ngram_num "${ngram_num}" \
-        --hubert_label_layer "${hubert_label_layer}" --results "${results}" ${downstream_opts}
+        --hubert_label_layer "${hubert_label_layer}" --ssl_tag "${ssl_tag}" --results "${results}" ${downstream_opts}
     end_stage
 fi
 

@@ -48,6 +48,7 @@ models="mamba_hubert hubert" # mamba_hubert (ConBiMamba) and/or hubert (Transfor
 hubert_label_layer="6 9" # Mamba-HuBERT models: iteration-2 target layer(s)
 baseline_label_layer=6  # Transformer HuBERT model: its iteration-2 target layer
 ssl_model=latest.pth    # checkpoint of each pretrained model
+ssl_tag=""              # the variant of stage 11's --ssl_tag (exp/ssl_<model>_<tag>_it2_L<L>)
 ## Downstream
 conf_dir=conf/downstream # configs finetune_ctc.yaml, decode_ctc.yaml, conformer_s3prl.yaml, decode_conformer.yaml
 ft_beam_size=""         # beam of the fine-tuned models' decoding (empty: decode_ctc.yaml's; paper 500)
@@ -76,6 +77,7 @@ model_tag() {
 require_int 1 train_threads inference_nj ngram_num
 require_int 0 valid_utts test_utts ngpu inference_ngpu
 require_stages 5
+require_ssl_tag
 [ -z "${ft_beam_size}" ] || require_int 1 ft_beam_size
 for model in ${models}; do
     case "${model}" in
@@ -124,10 +126,15 @@ fi
 # the pretrained models: "<model> <layer>" per line
 pretrained=()
 for model in ${models}; do
+    if [ -n "${ssl_tag}" ] && [ ! -d "$(ssl_it1_exp "${model}")" ]; then
+        log "$(ssl_it1_exp "${model}") does not exist: stage 11 pretrained no ${ssl_tag} variant of ${model}; skipped"
+        continue
+    fi
     for layer in $(layers_of "${model}"); do
         pretrained+=("${model} ${layer}")
     done
 done
+[ ${#pretrained[@]} -gt 0 ] || die "no pretrained model to use (--models '${models}', --ssl_tag '${ssl_tag}')"
 
 subset_dir() {
     # subset_dir SET N: the data dir of SET, or of N of its utterances evenly spaced (N = 0: all)

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Write the Table II section of RESULTS.md from the scored downstream decodings.
 
-Reads ``<exp_dir>/ft_<model>_it2_L<layer>[_char]/decode_ctc{,_ngram}_*/<set>/
+Reads ``<exp_dir>/ft_<model>[_<tag>]_it2_L<layer>[_char]/decode_ctc{,_ngram}_*/<set>/
 score_wer/result.json`` (CTC fine-tuning, without and with the 4-gram) and
-``<exp_dir>/s3prl_conformer_<model>_it2_L<layer>[_char]/decode_conformer_*/...``
-(frozen upstream + Conformer), as local/downstream.sh leaves them, and writes Table II of
-the paper: WER (%) on test-clean and test-other, one row per (experiment,
-decoding), beside the paper's numbers.
+``<exp_dir>/s3prl_conformer_<model>[_<tag>]_it2_L<layer>[_char]/decode_conformer_*/...``
+(frozen upstream + Conformer), as local/downstream.sh leaves them (``<tag>``: a
+pretraining variant, --ssl_tag), and writes Table II of the paper: WER (%) on
+test-clean and test-other, one row per (experiment, decoding), beside the paper's
+numbers (for the paper layout, not for variants).
 
 RESULTS.md is shared with stage 10 (Table I): this script only replaces the text
 between the lines ``<!-- BEGIN table2 ... -->`` and ``<!-- END table2 -->``
@@ -30,7 +31,7 @@ END = "<!-- END table2 -->"
 _BEGIN_RE = re.compile(r"^<!-- BEGIN table2\b.*-->$", re.MULTILINE)
 _END_RE = re.compile(r"^<!-- END table2 -->$", re.MULTILINE)
 
-_EXP_RE = re.compile(r"^(ft|s3prl_conformer)_(mamba_hubert|hubert)_it2_L(\d+)(_char)?$")
+_EXP_RE = re.compile(r"^(ft|s3prl_conformer)_(mamba_hubert|hubert)(?:_([A-Za-z0-9]+))?_it2_L(\d+)(_char)?$")
 _NAMES = {"mamba_hubert": "Mamba-HuBERT", "hubert": "HuBERT"}
 # The paper's Table II (test-clean, test-other): (model, layer, kind) -> WERs.
 # The HuBERT rows are the published HuBERT-base, whose iteration 2 used layer 6.
@@ -57,9 +58,10 @@ def decode_kind(exp_kind: str, decode_name: str) -> Optional[str]:
     return None
 
 
-def row_label(model: str, layer: int, kind: str, chars: bool = False) -> str:
-    """Row name of Table II, e.g. ``Mamba-HuBERT (L9) fine-tuned + 4-gram``."""
-    name = f"{_NAMES[model]} (L{layer}{', characters' if chars else ''})"
+def row_label(model: str, layer: int, kind: str, chars: bool = False, variant: str = "") -> str:
+    """Row name of Table II, e.g. ``Mamba-HuBERT (L9) fine-tuned + 4-gram`` or, for the
+    variant ``nopos``, ``Mamba-HuBERT nopos (L9) fine-tuned + 4-gram``."""
+    name = f"{_NAMES[model]}{' ' + variant if variant else ''} (L{layer}{', characters' if chars else ''})"
     if kind == "ngram":
         return f"{name} fine-tuned + 4-gram"
     if kind == "nolm":
@@ -74,7 +76,8 @@ def collect(exp_dir: Path) -> List[Dict]:
         match = _EXP_RE.match(exp.name)
         if not match:
             continue
-        exp_kind, model, layer, chars = match.group(1), match.group(2), int(match.group(3)), bool(match.group(4))
+        exp_kind, model, variant = match.group(1), match.group(2), match.group(3) or ""
+        layer, chars = int(match.group(4)), bool(match.group(5))
         for decode in sorted(exp.glob("decode_*")):
             kind = decode_kind(exp_kind, decode.name)
             if kind is None:
@@ -87,10 +90,11 @@ def collect(exp_dir: Path) -> List[Dict]:
                     raise ValueError(f"{result}: unreadable scoring result: {e}") from e
             if results:
                 entries.append(
-                    {"exp": exp.name, "decode": decode.name, "model": model, "layer": layer, "kind": kind,
-                     "chars": chars, "results": results}
+                    {"exp": exp.name, "decode": decode.name, "model": model, "variant": variant, "layer": layer,
+                     "kind": kind, "chars": chars, "results": results}
                 )
-    entries.sort(key=lambda e: (e["chars"], _MODEL_ORDER[e["model"]], e["layer"], _KIND_ORDER[e["kind"]], e["decode"]))
+    entries.sort(key=lambda e: (e["chars"], _MODEL_ORDER[e["model"]], e["variant"], e["layer"],
+                                _KIND_ORDER[e["kind"]], e["decode"]))
     return entries
 
 
@@ -112,10 +116,10 @@ def render(entries: List[Dict], test_sets: Sequence[str]) -> str:
     ]
     for e in entries:
         cells = [f"{e['results'][d]['Err']:.1f}" if d in e["results"] else "-" for d in test_sets]
-        paper = None if e["chars"] else PAPER.get((e["model"], e["layer"], e["kind"]))
+        paper = None if e["chars"] or e["variant"] else PAPER.get((e["model"], e["layer"], e["kind"]))
         paper_cells = [f"{v:g}" for v in paper] if paper else ["-", "-"]
         lines.append(
-            f"| {row_label(e['model'], e['layer'], e['kind'], e['chars'])} | " + " | ".join(cells + paper_cells)
+            f"| {row_label(e['model'], e['layer'], e['kind'], e['chars'], e['variant'])} | " + " | ".join(cells + paper_cells)
             + f" | {e['exp']} | {e['decode']} |"
         )
     if not entries:

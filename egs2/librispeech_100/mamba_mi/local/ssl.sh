@@ -16,6 +16,9 @@
 #
 # Example (mini corpus, as stage 11 runs it):
 #   local/ssl.sh --conf_dir conf/ssl/mini --train_utts 400 --valid_utts 40
+# The ablation without the convolutional positional embedding, beside the paper layout
+# (exp/ssl_mamba_hubert_nopos_it*; stage 12 takes the same --ssl_tag):
+#   local/ssl.sh --ssl_tag nopos   (conf/ssl/tuning/mamba_hubert_it{1,2}_nopos.yaml; HuBERT has none)
 . utils/common.sh  # set -Eeuo pipefail, log, die, recipe_init and the shared helpers
 
 ## General
@@ -34,6 +37,7 @@ valid_utts=0            # validate on this many validation utterances, evenly sp
 ## Models
 models="mamba_hubert hubert" # mamba_hubert (ConBiMamba) and/or hubert (Transformer baseline)
 conf_dir=conf/ssl       # configs <model>_it1.yaml and <model>_it2.yaml, or <model>.yaml for both
+ssl_tag=""              # a variant: configs <model>_it<N>_<tag>.yaml (or <model>_<tag>.yaml), experiments exp/ssl_<model>_<tag>_it<N>
 hubert_label_layer="6 9" # Mamba-HuBERT layer(s) whose k-means give iteration-2 targets (one model each)
 baseline_label_layer=6  # Transformer HuBERT layer whose k-means give its iteration-2 targets
 ssl_model=latest.pth    # checkpoint of an iteration that labels the next one (and goes downstream)
@@ -52,11 +56,22 @@ recipe_init "$@"
 
 config_of() {
     # config_of MODEL ITERATION: the training config of one pretraining
+    find_config "$1" "$2" || die "no config for $1 iteration $2: none of $(config_candidates "$1" "$2") (--conf_dir, --ssl_tag)"
+}
+config_candidates() {
+    # config_candidates MODEL ITERATION: where its config may be (a variant also in conf_dir/tuning)
+    local dir suffix=${ssl_tag:+_${ssl_tag}}
+    for dir in "${conf_dir}" ${ssl_tag:+"${conf_dir}/tuning"}; do
+        echo "${dir}/$1_it$2${suffix}.yaml ${dir}/$1${suffix}.yaml"
+    done
+}
+find_config() {
+    # find_config MODEL ITERATION: the first config of config_candidates that exists
     local f
-    for f in "${conf_dir}/$1_it$2.yaml" "${conf_dir}/$1.yaml"; do
+    for f in $(config_candidates "$1" "$2"); do
         [ -f "${f}" ] && { echo "${f}"; return 0; }
     done
-    die "no config for $1 iteration $2: neither ${conf_dir}/$1_it$2.yaml nor ${conf_dir}/$1.yaml (--conf_dir)"
+    return 1
 }
 subset() {
     # subset SRC DST N: DST/wav.scp = N utterances of SRC/wav.scp, evenly spaced (N = 0: all)
@@ -79,19 +94,29 @@ for layer in ${hubert_label_layer} ${baseline_label_layer}; do
     fi
 done
 [ -n "${models}" ] || die "--models is empty"
+require_ssl_tag
+variant_models=()
 for model in ${models}; do
     case "${model}" in
-        mamba_hubert | hubert) config_of "${model}" 1 >/dev/null && config_of "${model}" 2 >/dev/null ;;
+        mamba_hubert | hubert) ;;
         *) die "--models: unknown model '${model}' (mamba_hubert or hubert)" ;;
     esac
+    if [ -n "${ssl_tag}" ] && ! find_config "${model}" 1 >/dev/null; then
+        log "no ${ssl_tag} variant of ${model} (none of $(config_candidates "${model}" 1)); skipped"
+        continue
+    fi
+    config_of "${model}" 1 >/dev/null && config_of "${model}" 2 >/dev/null
+    variant_models+=("${model}")
 done
+[ ${#variant_models[@]} -gt 0 ] || die "no model has a config of variant '${ssl_tag}' in ${conf_dir} (--ssl_tag, --conf_dir)"
+models="${variant_models[*]}"
 for dset in "${train_set}" "${valid_set}"; do
     [ -s "${dumpdir}/raw/${dset}/wav.scp" ] || die "${dumpdir}/raw/${dset}/wav.scp is missing: run stages 1-4 of the recipe first"
 done
 
 ssl_data=${dumpdir}/ssl/data
 labels_it1=${dumpdir}/ssl/it1_mfcc_km${n_clusters_it1}
-labels_it2() { echo "${dumpdir}/ssl/it2_$1_L$2_km${n_clusters_it2}"; }
+labels_it2() { echo "${dumpdir}/ssl/it2_$(ssl_name "$1")_L$2_km${n_clusters_it2}"; }
 
 pretrain() {
     # pretrain CONFIG LABEL_DIR EXP_DIR
@@ -134,13 +159,13 @@ fi
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     for model in ${models}; do
         log "Step 2: iteration 1 of ${model}"
-        pretrain "$(config_of "${model}" 1)" "${labels_it1}" "${expdir}/ssl_${model}_it1"
+        pretrain "$(config_of "${model}" 1)" "${labels_it1}" "$(ssl_it1_exp "${model}")"
     done
 fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     for model in ${models}; do
-        it1=${expdir}/ssl_${model}_it1
+        it1=$(ssl_it1_exp "${model}")
         [ -f "${it1}/.done" ] || die "${it1} is not trained: run step 2 first"
         layers=$(layers_of "${model}")
         log "Step 3: k-means (${n_clusters_it2} clusters) of layer(s) ${layers} of ${it1}/${ssl_model}"
@@ -154,7 +179,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
             fi
         done
         [ ${#pending[@]} -eq 0 ] && continue
-        out_template=${dumpdir}/ssl/it2_${model}_L{layer}_km${n_clusters_it2}
+        out_template=${dumpdir}/ssl/it2_$(ssl_name "${model}")_L{layer}_km${n_clusters_it2}
         kmeans_log=${dumpdir}/ssl/it2_${model}_kmeans.log
         ${python} -m espnet_mamba.bin.kmeans --feature ssl --ssl_model "${it1}/${ssl_model}" \
             --layers "${pending[@]}" --n_clusters "${n_clusters_it2}" --device "${kmeans_device}" \

@@ -241,9 +241,25 @@ layers_of() {
     if [ "$1" = mamba_hubert ]; then echo "${hubert_label_layer}"; else echo "${baseline_label_layer}"; fi
 }
 
-# it2_tag MODEL LAYER: the name of an iteration-2 model, MODEL_it2_LLAYER.
+# require_ssl_tag: dies unless the option ssl_tag is empty or letters and digits.
+require_ssl_tag() {
+    [[ ${ssl_tag} =~ ^[A-Za-z0-9]*$ ]] || die "--ssl_tag must be letters and digits, got '${ssl_tag}'"
+}
+
+# ssl_name MODEL: MODEL, or MODEL_TAG for a variant named by the option ssl_tag
+# (e.g. mamba_hubert_nopos, trained from the configs <model>_it<N>_nopos.yaml).
+ssl_name() {
+    echo "$1${ssl_tag:+_${ssl_tag}}"
+}
+
+# it2_tag MODEL LAYER: the name of an iteration-2 model, MODEL[_TAG]_it2_LLAYER.
 it2_tag() {
-    echo "$1_it2_L$2"
+    echo "$(ssl_name "$1")_it2_L$2"
+}
+
+# ssl_it1_exp MODEL: the experiment directory of an iteration-1 pretraining.
+ssl_it1_exp() {
+    echo "${expdir}/ssl_$(ssl_name "$1")_it1"
 }
 
 # ssl_it2_exp MODEL LAYER: the experiment directory of an iteration-2 pretraining.
