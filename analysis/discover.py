@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from espnet_mamba.io import read_wav_scp
+from espnet_mamba.io import check_int, read_wav_scp
 
 __all__ = [
     "CHECKPOINT_PREFERENCE",
@@ -339,8 +339,7 @@ def select_utterances(wav_scps: Sequence[Path], n_utts: int, seed: int) -> List[
         ValueError: ``n_utts < 1``, no ``wav.scp`` given, no utterance in them, or
             one utterance id with two different audio entries.
     """
-    if isinstance(n_utts, bool) or not isinstance(n_utts, int) or n_utts < 1:
-        raise ValueError(f"n_utts must be a positive integer, got {n_utts!r}")
+    check_int("n_utts", n_utts)
     if not wav_scps:
         raise ValueError("no wav.scp to draw utterances from")
     table: Dict[str, str] = {}

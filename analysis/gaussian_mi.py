@@ -33,6 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from espnet_mamba.io import check_int
+
 __all__ = [
     "GaussianCopulaOptions",
     "HeldOutGaussianCopula",
@@ -63,12 +65,10 @@ class GaussianCopulaOptions:
     min_utterances: int = 4
 
     def __post_init__(self) -> None:
-        if not isinstance(self.folds, (int, np.integer)) or self.folds < 2:
-            raise ValueError(f"folds must be an int >= 2, got {self.folds!r}")
+        check_int("folds", self.folds, 2)
         if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge >= 0):
             raise ValueError(f"ridge must be a finite number >= 0, got {self.ridge!r}")
-        if not isinstance(self.min_utterances, (int, np.integer)) or self.min_utterances < 2:
-            raise ValueError(f"min_utterances must be an int >= 2, got {self.min_utterances!r}")
+        check_int("min_utterances", self.min_utterances, 2)
 
 
 def normal_scores(a: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ from torch import nn
 from analysis.bounds import ESTIMATORS, Bound, make_bound
 from analysis.frames import ArrayLike, as_frames, standardize_frames
 from analysis.rng import ProblemRandom
+from espnet_mamba.io import check_int
 
 __all__ = [
     "ESTIMATORS",
@@ -127,16 +128,12 @@ class MIOptions:
         object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not isinstance(self.epochs, (int, np.integer)) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
-        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 2:
-            raise ValueError(f"batch_size must be an int >= 2, got {self.batch_size!r}")
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size, 2)
+        check_int("seed", self.seed, 0)
         if self.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
-        if not isinstance(self.min_frames, (int, np.integer)) or self.min_frames < 2:
-            raise ValueError(f"min_frames must be an int >= 2, got {self.min_frames!r}")
+        check_int("min_frames", self.min_frames, 2)
         if not 0.0 < self.ema_alpha <= 1.0:
             raise ValueError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
         if not self.smile_clip > 0:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from analysis.gaussian_mi import canonical_directions, normal_scores
+from espnet_mamba.io import check_int
 
 __all__ = ["PooledCriticOptions", "pooled_critic_group_estimates"]
 
@@ -78,13 +79,9 @@ class PooledCriticOptions:
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
             raise ValueError(f"ridge must be a finite number >= 0, got {self.ridge!r}")
         for name in ("components", "epochs", "max_frames", "groups"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 2:
-            raise ValueError(f"batch_size must be an int >= 2, got {self.batch_size!r}")
-        if not isinstance(self.min_utterances, (int, np.integer)) or self.min_utterances < 8:
-            raise ValueError(f"min_utterances must be an int >= 8, got {self.min_utterances!r}")
+            check_int(name, getattr(self, name))
+        check_int("batch_size", self.batch_size, 2)
+        check_int("min_utterances", self.min_utterances, 8)
 
 
 class _StackedCritics(nn.Module):

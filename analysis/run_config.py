@@ -28,6 +28,7 @@ from analysis.curve import (
 from analysis.gaussian_mi import GaussianCopulaOptions
 from analysis.mi import MIOptions
 from analysis.pooled_critic import PooledCriticOptions
+from espnet_mamba.io import parse_device
 
 __all__ = ["RunConfig", "config_from_args", "digest", "get_parser", "options_identity"]
 
@@ -187,20 +188,6 @@ class RunConfig:
         return sys.stderr.isatty() if self.progress == "auto" else self.progress == "on"
 
 
-def _device(text: Optional[str]) -> torch.device:
-    if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError as e:
-        raise ValueError(f"--device {text!r}: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Validates the parsed options before any work.
 
@@ -210,7 +197,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     out_dir = args.out if args.out is not None else args.exp_dir / "mi"
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir}: exists and is not a directory")
-    device = _device(args.device)
+    device = parse_device(args.device)
     curves = [("main", args.estimator)]
     if args.paper_estimator is not None and args.paper_estimator != args.estimator:
         curves.append(("paper", args.paper_estimator))

@@ -18,6 +18,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from espnet_mamba.io import check_int
+
 __all__ = [
     "LayerSummary",
     "TrendVerdict",
@@ -59,8 +61,7 @@ def bootstrap_means(values, n_boot: int = 10000, seed: int = 0) -> np.ndarray:
         ``(n_boot, L)`` column means of each resample.
     """
     a = _as_matrix(values)
-    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be an int >= 1, got {n_boot!r}")
+    check_int("n_boot", n_boot)
     u = a.shape[0]
     rng = np.random.default_rng(seed)
     # Multinomial counts per utterance: same distribution as drawing U rows with

@@ -1,4 +1,5 @@
-"""File reading and writing shared by espnet_mamba, s3prl_upstream and analysis.
+"""File reading and writing, and option checks, shared by espnet_mamba, s3prl_upstream
+and analysis.
 
 - :func:`read_state_dict`, :func:`load_state_dict_strict`: model files, read with
   ``weights_only`` and loaded strictly, every problem named with the file.
@@ -9,6 +10,8 @@
   appears complete or not at all: it is written under a unique temporary name in the
   target's directory, flushed to disk, then renamed over the target; on any failure
   (disk full included) the temporary file is removed and the error names the target.
+- :func:`check_int`, :func:`parse_device`: integer options and ``--device`` values,
+  checked with the same messages everywhere.
 
 This module imports nothing of the project, so every package may use it.
 """
@@ -31,7 +34,9 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "audio_info",
+    "check_int",
     "load_state_dict_strict",
+    "parse_device",
     "read_audio",
     "read_mono_audio",
     "read_state_dict",
@@ -327,3 +332,33 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """``torch.save(obj)`` to ``path`` through :func:`atomic_write`."""
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
+
+
+# ------------------------------------------------------------ options, devices
+def check_int(name: str, value: Any, minimum: int = 1) -> None:
+    """Raises ValueError (naming ``name``) unless ``value`` is an integer, Python's or
+    numpy's but not a bool, of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+
+
+def parse_device(text: Optional[str]) -> torch.device:
+    """The device a ``--device`` value names; None or ``"auto"``: cuda when available,
+    else cpu.
+
+    Raises:
+        ValueError: Not a device name, CUDA asked for but unavailable, or a CUDA index
+            past the last device (the message starts with ``--device <text>``).
+    """
+    if text is None or text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise ValueError(f"--device {text}: not a device (auto, cpu, cuda or cuda:N)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device

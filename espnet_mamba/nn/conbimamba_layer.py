@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from espnet_mamba.espnet_compat import LayerNorm, PositionwiseFeedForward
+from espnet_mamba.io import check_int
 from espnet_mamba.nn.bimamba import BiMamba, Padding, resolve_padding
 
 __all__ = ["ConBiMambaLayer", "MaskedConvolutionModule"]
@@ -61,8 +62,7 @@ class MaskedConvolutionModule(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        check_int("channels", channels)
         if (
             isinstance(kernel_size, bool)
             or not isinstance(kernel_size, int)
@@ -155,9 +155,8 @@ class ConBiMambaLayer(nn.Module):
         mamba_backend: str = "auto",
     ):
         super().__init__()
-        for name, value in (("size", size), ("linear_units", linear_units)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int("size", size)
+        check_int("linear_units", linear_units)
         if not 0.0 <= dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
         self.size = size

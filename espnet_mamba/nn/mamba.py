@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from espnet_mamba.io import check_int
 from espnet_mamba.nn.selective_scan import BACKENDS, resolve_backend, selective_scan
 
 try:  # Optional fused causal depthwise convolution (CUDA only).
@@ -37,11 +38,6 @@ def _channel_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     writes a contiguous result, so that slices along O keep a unit time stride.
     """
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class Mamba(nn.Module):
@@ -97,9 +93,9 @@ class Mamba(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
-        _check_positive_int("d_model", d_model)
-        _check_positive_int("d_state", d_state)
-        _check_positive_int("d_conv", d_conv)
+        check_int("d_model", d_model)
+        check_int("d_state", d_state)
+        check_int("d_conv", d_conv)
         if isinstance(expand, bool) or not isinstance(expand, (int, float)) or expand <= 0:
             raise ValueError(f"expand must be a positive number, got {expand!r}")
         if int(expand * d_model) < 1:
@@ -107,7 +103,7 @@ class Mamba(nn.Module):
                 f"expand * d_model must be at least 1, got {expand} * {d_model}"
             )
         if dt_rank != "auto":
-            _check_positive_int("dt_rank", dt_rank)
+            check_int("dt_rank", dt_rank)
         if not 0 < dt_min <= dt_max:
             raise ValueError(
                 f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max, "

@@ -3,6 +3,7 @@
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional, Union
 
+from espnet_mamba.io import check_int
 from espnet_mamba.nn.selective_scan import BACKENDS
 from espnet_mamba.ssamba.features import SAMPLE_RATE
 
@@ -11,11 +12,6 @@ __all__ = ["NORM_TYPES", "SIZES", "SSAMBAConfig", "ssamba_config"]
 # Embedding size of each public model size; all have 24 layers.
 SIZES = {"tiny": 192, "small": 384, "base": 768}
 NORM_TYPES = ("layer", "rms")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -79,12 +75,10 @@ class SSAMBAConfig:
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "input_fdim", "input_tdim", "fshape",
                      "tshape", "d_state", "d_conv", "expand", "sample_rate"):
-            _positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.dt_rank != "auto":
-            _positive_int("dt_rank", self.dt_rank)
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
-                or self.num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
+            check_int("dt_rank", self.dt_rank)
+        check_int("num_classes", self.num_classes, 0)
         if self.norm not in NORM_TYPES:
             raise ValueError(f"norm must be one of {NORM_TYPES}, got {self.norm!r}")
         if not self.norm_eps > 0:

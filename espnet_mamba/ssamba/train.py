@@ -28,7 +28,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import yaml
 
-from espnet_mamba.io import atomic_torch_save, atomic_write_text, audio_info, read_mono_audio, read_wav_scp
+from espnet_mamba.io import (
+    atomic_torch_save,
+    atomic_write_text,
+    audio_info,
+    parse_device,
+    read_mono_audio,
+    read_wav_scp,
+)
 from espnet_mamba.ssamba.checkpoint import save_ssamba
 from espnet_mamba.ssamba.config import SSAMBAConfig
 from espnet_mamba.ssamba.features import compute_fbank, fbank_batch, fbank_statistics, num_fbank_frames
@@ -114,18 +121,6 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr * min(1.0, (step + 1) / warmup_steps)
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available")
-    return device
-
-
 _HANDLERS: List[logging.Handler] = []
 
 
@@ -179,7 +174,7 @@ def train(
     try:
         logger.info("command: %s", " ".join(sys.argv))
         run_config = resolve_run_config(Path(config), {"max_steps": max_steps, "seed": seed}, output_dir, resume)
-        _train(run_config, Path(wav_scp), output_dir, _resolve_device(device), resume)
+        _train(run_config, Path(wav_scp), output_dir, parse_device(device), resume)
     except Exception as exc:
         logger.error("%s: %s", type(exc).__name__, exc)
         raise

@@ -11,6 +11,7 @@ from typing import Any, Dict
 
 import yaml
 
+from espnet_mamba.io import check_int
 from espnet_mamba.ssamba.config import SSAMBAConfig, ssamba_config
 
 __all__ = ["DEFAULTS", "load_config", "resolve_run_config"]
@@ -78,13 +79,9 @@ def load_config(path: Path, overrides: Dict[str, Any]) -> Dict[str, Any]:
 def _check_training_values(config: Dict[str, Any]) -> None:
     for key in ("batch_size", "max_steps", "mask_patch", "log_interval", "save_interval",
                 "norm_stats_utts"):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_int(key, config[key])
     for key in ("warmup_steps", "seed"):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{key} must be an integer >= 0, got {value!r}")
+        check_int(key, config[key], 0)
     for key in ("lr", "weight_decay", "grad_clip", "mse_weight", "max_mask_fraction"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
