@@ -23,6 +23,11 @@ CHOICES = (
     ("espnet2.tasks.asr", "encoder_choices", "conbimamba", "espnet_mamba.encoder:ConBiMambaEncoder"),
     ("espnet2.tasks.ssl", "encoder_choices", "conbimamba", "espnet_mamba.encoder:ConBiMambaEncoder"),
     ("espnet2.tasks.hubert", "encoder_choices", "conbimamba", "espnet_mamba.encoder:ConBiMambaEncoder"),
+    # the Transformer HuBERT baseline in HuBERT's layout (x + GELU(conv(x)) before the layers)
+    ("espnet2.tasks.ssl", "encoder_choices", "hubert_transformer",
+     "espnet_mamba.ssl.transformer_encoder:HubertTransformerEncoder"),
+    ("espnet2.tasks.hubert", "encoder_choices", "hubert_transformer",
+     "espnet_mamba.ssl.transformer_encoder:HubertTransformerEncoder"),
     # a pretrained (Mamba-)HuBERT for CTC fine-tuning (raw waveform in, input_size: 1)
     ("espnet2.tasks.asr", "encoder_choices", "hubert_finetune", "espnet_mamba.ssl.finetune:SSLFinetuneEncoder"),
 )

@@ -13,7 +13,7 @@ Example:
     (13, torch.Size([2, 49, 768]))
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -30,8 +30,8 @@ class UpstreamExpert(torch.nn.Module):
         ckpt: Model file written by ESPnet's SSL training (``latest.pth``,
             ``valid.loss.best.pth``, ``NNepoch.pth``).
         config: Its training config; default ``config.yaml`` beside ``ckpt``.
-        encoder: Require this encoder (``"conbimamba"`` or ``"transformer"``);
-            None accepts both.
+        encoder: Require one of these encoders (e.g. ``("conbimamba",)``);
+            None accepts every supported one.
         always_eval: Keep the pretrained model in eval mode (no dropout, fixed
             BatchNorm statistics) even when a parent module is put in training
             mode, as a frozen upstream should be (ESPnet's ``frontend: s3prl``
@@ -45,7 +45,7 @@ class UpstreamExpert(torch.nn.Module):
     """
 
     def __init__(
-        self, ckpt: str, config: Optional[str] = None, encoder: Optional[str] = None, always_eval: bool = True
+        self, ckpt: str, config: Optional[str] = None, encoder: Optional[Tuple[str, ...]] = None, always_eval: bool = True
     ):
         super().__init__()
         registry.register()  # ESPnet's SSL task builds the model: it must know conbimamba

@@ -15,12 +15,13 @@ S3PRL needs one function per name; all three take the same arguments:
 The names end in ``_local`` as S3PRL's names for local checkpoints do.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 __all__ = ["mamba_hubert_local", "mamba_mi_hubert_local", "transformer_hubert_local"]
 
 
-def _expert(ckpt: Optional[str], config: Optional[str], encoder: Optional[str], name: str, always_eval: bool):
+def _expert(ckpt: Optional[str], config: Optional[str], encoder: Optional[Tuple[str, ...]], name: str,
+            always_eval: bool):
     if not ckpt:
         raise ValueError(f"S3PRL upstream '{name}' needs a checkpoint: pass path_or_url=<model file>")
     if str(ckpt).startswith(("http://", "https://")):
@@ -32,12 +33,13 @@ def _expert(ckpt: Optional[str], config: Optional[str], encoder: Optional[str], 
 
 def mamba_hubert_local(ckpt: str = None, config: str = None, always_eval: bool = True, refresh: bool = False):
     """Mamba-HuBERT from a local ESPnet SSL checkpoint (encoder ``conbimamba``); see the module docstring."""
-    return _expert(ckpt, config, "conbimamba", "mamba_hubert_local", always_eval)
+    return _expert(ckpt, config, ("conbimamba",), "mamba_hubert_local", always_eval)
 
 
 def transformer_hubert_local(ckpt: str = None, config: str = None, always_eval: bool = True, refresh: bool = False):
-    """Transformer HuBERT from a local ESPnet SSL checkpoint (encoder ``transformer``); see the module docstring."""
-    return _expert(ckpt, config, "transformer", "transformer_hubert_local", always_eval)
+    """Transformer HuBERT from a local ESPnet SSL checkpoint (encoder ``hubert_transformer``, or ESPnet's
+    ``transformer``); see the module docstring."""
+    return _expert(ckpt, config, ("hubert_transformer", "transformer"), "transformer_hubert_local", always_eval)
 
 
 def mamba_mi_hubert_local(ckpt: str = None, config: str = None, always_eval: bool = True, refresh: bool = False):

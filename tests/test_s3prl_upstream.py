@@ -26,8 +26,9 @@ from s3prl_upstream.expert import UpstreamExpert
 register()  # conbimamba in ESPnet's tasks, our names in s3prl.hub
 
 DATA = Path(__file__).resolve().parent / "data" / "s3prl_upstream"
-ENCODERS = ("transformer", "conbimamba")
-NAMES = {"transformer": "transformer_hubert_local", "conbimamba": "mamba_hubert_local"}
+ENCODERS = ("transformer", "hubert_transformer", "conbimamba")
+NAMES = {"transformer": "transformer_hubert_local", "hubert_transformer": "transformer_hubert_local",
+         "conbimamba": "mamba_hubert_local"}
 D = 16
 
 # The tiny models: HuBERT's CNN kernels/strides at 8 channels, d 16, 2 layers.
@@ -52,6 +53,13 @@ _BASE = {
 _ENCODER = {
     "transformer": {
         "encoder": "transformer",
+        "encoder_conf": {
+            "output_size": D, "attention_heads": 2, "linear_units": 32, "num_blocks": 2, "dropout_rate": 0.1,
+            "input_layer": "wav2vec", "normalize_before": False, "pos_enc_layer_type": "conv",
+        },
+    },
+    "hubert_transformer": {
+        "encoder": "hubert_transformer",
         "encoder_conf": {
             "output_size": D, "attention_heads": 2, "linear_units": 32, "num_blocks": 2, "dropout_rate": 0.1,
             "input_layer": "wav2vec", "normalize_before": False, "pos_enc_layer_type": "conv",
@@ -243,7 +251,7 @@ def _copy_config(tmp_path, encoder="transformer"):
 def test_checkpoint_of_the_other_encoder_is_refused():
     with pytest.raises(NotOurCheckpointError, match="encoder 'transformer', not 'conbimamba'"):
         s3prl_upstream.hubconf.mamba_hubert_local(ckpt_of("transformer"))
-    with pytest.raises(NotOurCheckpointError, match="encoder 'conbimamba', not 'transformer'"):
+    with pytest.raises(NotOurCheckpointError, match="encoder 'conbimamba', not 'hubert_transformer or transformer'"):
         s3prl_upstream.hubconf.transformer_hubert_local(ckpt_of("conbimamba"))
 
 

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # Encoders whose per-layer hidden states we know how to read.
-SUPPORTED_ENCODERS = ("conbimamba", "transformer")
+SUPPORTED_ENCODERS = ("conbimamba", "hubert_transformer", "transformer")
 _SUPPORTED_FRONTENDS = ("wav2vec_cnn",)
 
 
@@ -140,7 +140,7 @@ def load_ssl_model(
     model_file: Union[str, Path],
     config_file: Optional[Union[str, Path]] = None,
     device: Union[str, torch.device] = "cpu",
-    expected_encoder: Optional[str] = None,
+    expected_encoder: Optional[Tuple[str, ...]] = None,
 ) -> Tuple[torch.nn.Module, dict]:
     """Build an ESPnet SSL model from its config and load its weights strictly.
 
@@ -148,8 +148,8 @@ def load_ssl_model(
         model_file: Model state dict written by ESPnet's trainer.
         config_file: Training config; default ``config.yaml`` beside ``model_file``.
         device: Where to put the model.
-        expected_encoder: If given (``"conbimamba"`` or ``"transformer"``), the
-            checkpoint's encoder must be this one.
+        expected_encoder: If given (e.g. ``("conbimamba",)``), the checkpoint's
+            encoder must be one of these.
 
     Returns:
         The model in eval mode and its config dict.
@@ -162,9 +162,9 @@ def load_ssl_model(
     """
     model_file = Path(model_file)
     config, config_path = load_ssl_config(model_file, config_file)
-    if expected_encoder is not None and config["encoder"] != expected_encoder:
+    if expected_encoder is not None and config["encoder"] not in expected_encoder:
         raise NotOurCheckpointError(
-            f"{config_path}: the checkpoint has encoder '{config['encoder']}', not '{expected_encoder}'"
+            f"{config_path}: the checkpoint has encoder '{config['encoder']}', not '{' or '.join(expected_encoder)}'"
         )
     # only a state dict: ESPnet's resumable checkpoint.pth (trainer state too) is refused
     state = read_state_dict(model_file)
