@@ -137,16 +137,40 @@ def _pair_scores(a: torch.Tensor, c: torch.Tensor, rest: List[torch.Tensor]) -> 
     return _hidden_layers(pre, rest).view(k, b, b)
 
 
+def _take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``out[k, i] = t[k, rows[k, i]]`` for ``t`` ``(K, b, h)`` and ``rows`` ``(K, b)``."""
+    k, b, h = t.shape
+    flat = rows + (torch.arange(k, device=t.device) * b)[:, None]
+    return t.reshape(k * b, h).index_select(0, flat.reshape(-1)).view(k, b, h)
+
+
+class _PermuteRows(torch.autograd.Function):
+    """Rows of each problem's batch in the order of a permutation ``(K, b)``.
+
+    The gradient is gathered with the inverse permutation: every row has exactly one
+    source, so no index_add (atomic adds) is needed.
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, permutation: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return _take_rows(t, permutation)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return _take_rows(grad.contiguous(), inverse), None, None
+
+
 def _joint_and_marginal(a: torch.Tensor, c: torch.Tensor, partner: torch.Tensor, rest: List[torch.Tensor]):
     """Scores ``(K, b)`` of the joint rows ``a + c`` and the marginal rows ``a + c[partner]``.
 
     ``partner`` ``(K, b)`` holds, for each row, the row of the batch whose y it is paired
-    with. One row gather builds both halves of ``c`` (joint rows first).
+    with: a permutation of the batch's rows (:meth:`analysis.rng.ProblemRandom.epoch`).
     """
     k, b, h = c.shape
-    own = torch.arange(b, device=c.device).expand(k, b)
-    rows = torch.cat([own, partner], dim=1) + (torch.arange(k, device=c.device) * b)[:, None]  # (K, 2b)
-    both = c.reshape(k * b, h).index_select(0, rows.reshape(-1)).view(k, 2, b, h)
+    inverse = torch.empty_like(partner).scatter_(1, partner, torch.arange(b, device=c.device).expand(k, b))
+    both = torch.stack([c, _PermuteRows.apply(c, partner, inverse)], dim=1)  # (K, 2, b, H1), joint rows first
     scores = _hidden_layers((both + a.unsqueeze(1)).reshape(k, 2 * b, h), rest)
     return scores[:, :b], scores[:, b:]
 

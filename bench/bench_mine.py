@@ -25,7 +25,7 @@ every step (:func:`optimizer_bytes`), at the card's memory bandwidth.
 Usage:
     python bench/bench_mine.py --out docs/bench/mine_h200.md   # the paper's recipe on the GPU
     python bench/bench_mine.py --cpu --out mine_cpu.md         # the mini recipe's stage-13 shapes, CPU
-    python bench/bench_mine.py --profile prof/ --out t.md      # + torch.profiler tables per precision
+    python bench/bench_mine.py --profile prof/ --out t.md      # + one epoch's kernels per precision
 """
 
 import argparse
@@ -80,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="write the table here (markdown) and the raw numbers beside "
                                                     "it (.json)")
     parser.add_argument("--profile", metavar="DIR", default=None,
-                        help="also write torch.profiler tables of a 2-epoch engine call per precision into DIR")
+                        help="also write, per precision, the operators and kernels of one training epoch in steady "
+                             "state (torch.profiler) into DIR")
     args = parser.parse_args(argv)
     preset = CPU if args.cpu else PAPER
     for name, value in preset.items():
@@ -219,30 +220,41 @@ def _time_curve(name: str, xs, ys, lengths, args, device) -> Dict:
     return dict(seconds=seconds, means=[float(v) for v in np.asarray(curve.means)])
 
 
-def profile_engine(xs, ys, options: MIOptions, precision: str, path: str) -> None:
-    """Writes the operator tables of a 2-epoch engine call (torch.profiler; by device time, then
-    by host time) and the device's busy fraction to ``path``."""
+def _device_times(xs, ys, options: MIOptions, precision: str, epochs: int):
+    """Wall seconds of one engine call of ``epochs`` epochs under torch.profiler, its device
+    time per operator and kernel name (microseconds; CPU time where there is no device), and
+    the names that are kernels."""
     device = torch.device(options.device)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     start = time.perf_counter()
     with torch.profiler.profile(activities=activities) as prof:
-        estimate_mi_batched(xs, ys, options=options, epochs=2, progress=False, precision=precision)
+        estimate_mi_batched(xs, ys, options=options, epochs=epochs, progress=False, precision=precision)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
-    events = prof.key_averages()
-    kernel_us = sum(e.self_device_time_total for e in events) if device.type == "cuda" else float("nan")
-    sort_keys = ["self_device_time_total", "self_cpu_time_total"] if device.type == "cuda" else ["self_cpu_time_total"]
+    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    kernels = {e.key for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA}
+    return wall, {e.key: getattr(e, attribute) for e in prof.key_averages()}, kernels
+
+
+def profile_engine(xs, ys, options: MIOptions, precision: str, path: str, rows: int = 30) -> None:
+    """Writes what one training epoch costs in steady state to ``path``: the differences of a
+    4-epoch and a 2-epoch engine call (torch.profiler), halved, so that set-up and the final
+    evaluation cancel; per operator and kernel, by device time (CPU time on a CPU)."""
+    wall_2, times_2, kernels_2 = _device_times(xs, ys, options, precision, 2)
+    wall_4, times_4, kernels_4 = _device_times(xs, ys, options, precision, 4)
+    per_epoch = {k: (times_4.get(k, 0.0) - times_2.get(k, 0.0)) / 2 for k in set(times_2) | set(times_4)}
+    kernels = {k: v for k, v in per_epoch.items() if k in kernels_2 | kernels_4}
     with open(path, "w") as f:
-        f.write(f"{precision}: wall {wall:.3f} s under the profiler")
-        if device.type == "cuda":
-            f.write(f"; device busy {kernel_us / 1e6:.3f} s ({kernel_us / 1e6 / wall:.0%} of the wall time)")
-        f.write("\n\n")
-        for sort_by in sort_keys:
-            f.write(f"sorted by {sort_by}\n")
-            f.write(events.table(sort_by=sort_by, row_limit=30, max_name_column_width=70) + "\n\n")
+        f.write(f"{precision}: one training epoch in steady state = (4-epoch call - 2-epoch call) / 2\n")
+        f.write(f"wall {(wall_4 - wall_2) / 2 * 1e3:.1f} ms per epoch under the profiler")
+        if options.device.type == "cuda":
+            f.write(f"; device time of the kernels {sum(kernels.values()) / 1e3:.1f} ms")
+        f.write("\n\n| operator or kernel | ms per epoch |\n|---|---|\n")
+        for name, us in sorted(per_epoch.items(), key=lambda kv: -kv[1])[:rows]:
+            f.write(f"| {name[:100]} | {us / 1e3:.2f} |\n")
 
 
 def table(result: Dict) -> str:

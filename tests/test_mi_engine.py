@@ -294,3 +294,13 @@ def test_initial_weights_follow_the_linear_default_bound():
     assert weight.abs().max() <= bound and weight.abs().max() > 0.95 * bound
     assert torch.equal(weight[0], weight[1]) and not torch.equal(weight[0], weight[2])
     assert abs(float(weight.mean())) < 0.01
+
+
+def test_row_permutation_gradient_is_the_inverse_gather():
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.stack([torch.randperm(6, generator=gen) for _ in range(3)])  # (K, b)
+    inverse = torch.argsort(perm, dim=1)
+    t = torch.randn(3, 6, 4, dtype=torch.float64, requires_grad=True)
+    out = stacked_critics._PermuteRows.apply(t, perm, inverse)
+    torch.testing.assert_close(out, torch.stack([t[k, perm[k]] for k in range(3)]), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda x: stacked_critics._PermuteRows.apply(x, perm, inverse), (t,))
