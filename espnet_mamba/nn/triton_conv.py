@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from espnet_mamba.nn.triton_scan import TL_DTYPES, stored_frame
+from espnet_mamba.nn.triton_scan_kernels import TL_DTYPES, stored_frame
 
 __all__ = ["triton_causal_conv1d"]
 
