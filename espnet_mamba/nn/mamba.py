@@ -40,6 +40,54 @@ def _channel_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
+def _check_options(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale,
+                   dt_init_floor, backend) -> None:
+    """Raises ValueError naming the first bad argument of :class:`Mamba`."""
+    check_int("d_model", d_model)
+    check_int("d_state", d_state)
+    check_int("d_conv", d_conv)
+    if isinstance(expand, bool) or not isinstance(expand, (int, float)) or expand <= 0:
+        raise ValueError(f"expand must be a positive number, got {expand!r}")
+    if int(expand * d_model) < 1:
+        raise ValueError(
+            f"expand * d_model must be at least 1, got {expand} * {d_model}"
+        )
+    if dt_rank != "auto":
+        check_int("dt_rank", dt_rank)
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(
+            f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max, "
+            f"got dt_min={dt_min}, dt_max={dt_max}"
+        )
+    if dt_init not in ("random", "constant"):
+        raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+    if not dt_scale > 0:
+        raise ValueError(f"dt_scale must be positive, got {dt_scale!r}")
+    if not dt_init_floor >= 0:
+        raise ValueError(f"dt_init_floor must be >= 0, got {dt_init_floor!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _init_dt_proj(dt_proj: nn.Linear, dt_init: str, dt_scale: float, dt_min: float, dt_max: float,
+                  dt_init_floor: float) -> None:
+    """Initializes the step-size projection ``(d_inner, dt_rank)`` and its bias in place."""
+    # dt_proj.weight: variance-preserving scale for a rank-dt_rank projection.
+    dt_init_std = dt_proj.in_features ** -0.5 * dt_scale
+    with torch.no_grad():
+        if dt_init == "constant":
+            dt_proj.weight.fill_(dt_init_std)
+        else:
+            dt_proj.weight.uniform_(-dt_init_std, dt_init_std)
+        # dt_proj.bias: softplus(bias) is log-uniform in [dt_min, dt_max].
+        log_dt = torch.empty(dt_proj.out_features, device=dt_proj.weight.device).uniform_(
+            math.log(dt_min), math.log(dt_max)
+        )
+        dt = log_dt.exp().clamp(min=dt_init_floor)
+        # Inverse softplus: x = dt + log(1 - exp(-dt)).
+        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
 class Mamba(nn.Module):
     """Mamba-1 selective state-space block (causal in time).
 
@@ -93,31 +141,8 @@ class Mamba(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
-        check_int("d_model", d_model)
-        check_int("d_state", d_state)
-        check_int("d_conv", d_conv)
-        if isinstance(expand, bool) or not isinstance(expand, (int, float)) or expand <= 0:
-            raise ValueError(f"expand must be a positive number, got {expand!r}")
-        if int(expand * d_model) < 1:
-            raise ValueError(
-                f"expand * d_model must be at least 1, got {expand} * {d_model}"
-            )
-        if dt_rank != "auto":
-            check_int("dt_rank", dt_rank)
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(
-                f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max, "
-                f"got dt_min={dt_min}, dt_max={dt_max}"
-            )
-        if dt_init not in ("random", "constant"):
-            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
-        if not dt_scale > 0:
-            raise ValueError(f"dt_scale must be positive, got {dt_scale!r}")
-        if not dt_init_floor >= 0:
-            raise ValueError(f"dt_init_floor must be >= 0, got {dt_init_floor!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
+        _check_options(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale,
+                       dt_init_floor, backend)
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
         self.d_state = d_state
@@ -144,20 +169,7 @@ class Mamba(nn.Module):
         )
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
 
-        # dt_proj.weight: variance-preserving scale for a rank-dt_rank projection.
-        dt_init_std = self.dt_rank ** -0.5 * dt_scale
-        with torch.no_grad():
-            if dt_init == "constant":
-                self.dt_proj.weight.fill_(dt_init_std)
-            else:
-                self.dt_proj.weight.uniform_(-dt_init_std, dt_init_std)
-            # dt_proj.bias: softplus(bias) is log-uniform in [dt_min, dt_max].
-            log_dt = torch.empty(self.d_inner, device=device).uniform_(
-                math.log(dt_min), math.log(dt_max)
-            )
-            dt = log_dt.exp().clamp(min=dt_init_floor)
-            # Inverse softplus: x = dt + log(1 - exp(-dt)).
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        _init_dt_proj(self.dt_proj, dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
         self.dt_proj.bias._no_reinit = True
 
         # S4D-real initialization: A[d, n] = -(n + 1); kept as log(-A) in float32.
