@@ -1,73 +1,20 @@
-"""ConBiMamba encoder for ESPnet: Conformer blocks with bidirectional Mamba."""
+"""ConBiMamba encoder for ESPnet: Conformer blocks with bidirectional Mamba.
+
+The module is here; :mod:`espnet_mamba.encoder.options` checks its options and builds
+the input layer and positional encoding they choose.
+"""
 
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 
-from espnet_mamba.espnet_compat import (
-    Conv2dSubsampling,
-    Conv2dSubsampling6,
-    Conv2dSubsampling8,
-    ConvolutionalPositionalEmbedding,
-    LayerNorm,
-    PositionalEncoding,
-    TooShortUttError,
-    check_short_utt,
-)
+from espnet_mamba.encoder.options import SUBSAMPLING, build_embed, check_options, subsampled_length
+from espnet_mamba.espnet_compat import LayerNorm, TooShortUttError, check_short_utt
 from espnet_mamba.nn.bimamba import Padding
 from espnet_mamba.nn.conbimamba_layer import ConBiMambaLayer
-from espnet_mamba.nn.selective_scan import BACKENDS
 
 __all__ = ["ConBiMambaEncoder"]
-
-_SUBSAMPLING = {
-    "conv2d": Conv2dSubsampling,
-    "conv2d6": Conv2dSubsampling6,
-    "conv2d8": Conv2dSubsampling8,
-}
-
-
-def _subsampled_freq(input_layer: str, input_size: int) -> int:
-    """Feature bins left after the 2-D convolutions of a subsampling layer."""
-    freq = (input_size - 1) // 2  # first Conv2d(kernel 3, stride 2)
-    if input_layer == "conv2d":
-        return (freq - 1) // 2
-    if input_layer == "conv2d6":
-        return (freq - 2) // 3
-    return ((freq - 1) // 2 - 1) // 2  # conv2d8
-
-
-class _PaddedConvPositionalEmbedding(torch.nn.Module):
-    """HuBERT's convolutional positional embedding on a padded batch.
-
-    ``dropout(x + GELU(conv(x)))``, as fairseq's HuBERT adds it before its layers:
-    ``conv`` is a grouped Conv1d over time (``d`` channels), weight-normalised over
-    the kernel dimension, with "same" padding (for an even kernel the extra last
-    frame is dropped). It is ESPnet's ``ConvolutionalPositionalEmbedding`` with
-    ``use_residual=True``. Padding frames are set to zero before the convolution,
-    so that a valid frame near the end of a shorter sequence sees the zeros it sees
-    when the sequence is encoded alone, and again in the output.
-
-    Args:
-        size: Feature size d.
-        kernel_size: Frames the convolution spans.
-        groups: Channel groups; must divide ``size``.
-        dropout_rate: Dropout after the addition.
-    """
-
-    def __init__(self, size: int, kernel_size: int, groups: int, dropout_rate: float):
-        super().__init__()
-        self.conv = ConvolutionalPositionalEmbedding(
-            size, dropout_rate, kernel_size=kernel_size, groups=groups, use_residual=True
-        )
-        self.dropout = torch.nn.Dropout(dropout_rate)
-
-    def forward(self, xs: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """``xs`` ``(B, T, d)`` and ``pad`` ``(B, T, 1)`` (True at padding) ->
-        ``(B, T, d)``, zero at padding."""
-        xs = self.conv(xs.masked_fill(pad, 0.0))
-        return self.dropout(xs).masked_fill(pad, 0.0)
 
 
 class ConBiMambaEncoder(AbsEncoder):
@@ -158,88 +105,23 @@ class ConBiMambaEncoder(AbsEncoder):
         interctc_use_conditioning: bool = False,
     ):
         super().__init__()
-        for name, value in (
-            ("input_size", input_size),
-            ("output_size", output_size),
-            ("linear_units", linear_units),
-            ("num_blocks", num_blocks),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in (
-            ("dropout_rate", dropout_rate),
-            ("positional_dropout_rate", positional_dropout_rate),
-        ):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        if input_layer not in ("conv2d", "conv2d6", "conv2d8", "linear", None):
-            raise ValueError(
-                "input_layer must be 'conv2d', 'conv2d6', 'conv2d8', 'linear' or "
-                f"None, got {input_layer!r}"
-            )
-        if input_layer in _SUBSAMPLING and _subsampled_freq(input_layer, input_size) < 1:
-            raise ValueError(
-                f"input_size={input_size} is too small for input_layer={input_layer!r}"
-            )
-        if input_layer is None and input_size != output_size:
-            raise ValueError(
-                "input_layer=None needs input_size == output_size, got "
-                f"input_size={input_size}, output_size={output_size}"
-            )
-        if pos_enc not in ("abs", "conv", "none"):
-            raise ValueError(f"pos_enc must be 'abs', 'conv' or 'none', got {pos_enc!r}")
-        if pos_enc == "conv":
-            for name, value in (
-                ("pos_conv_kernel", pos_conv_kernel),
-                ("pos_conv_groups", pos_conv_groups),
-            ):
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-            if output_size % pos_conv_groups:
-                raise ValueError(
-                    f"pos_conv_groups={pos_conv_groups} must divide output_size={output_size}"
-                )
-        if mamba_backend not in BACKENDS:
-            raise ValueError(
-                f"mamba_backend must be one of {BACKENDS}, got {mamba_backend!r}"
-            )
-        interctc_layer_idx = list(interctc_layer_idx)
-        for idx in interctc_layer_idx:
-            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 < idx < num_blocks:
-                raise ValueError(
-                    f"interctc_layer_idx entries must be integers in [1, {num_blocks - 1}], "
-                    f"got {interctc_layer_idx}"
-                )
-
+        interctc_layer_idx = check_options(
+            input_size, output_size, linear_units, num_blocks, dropout_rate,
+            positional_dropout_rate, input_layer, pos_enc, pos_conv_kernel, pos_conv_groups,
+            mamba_backend, interctc_layer_idx,
+        )
         self._output_size = output_size
         self.input_size = input_size
         self.input_layer = input_layer
         self.normalize_before = normalize_before
         self.padding_idx = padding_idx
 
-        self.pos_conv = None  # pos_enc="conv": applied in _run, where the padding is known
-        if pos_enc == "abs":
-            pos_module = PositionalEncoding(output_size, positional_dropout_rate)
-        elif pos_enc == "conv":
-            pos_module = torch.nn.Identity()
-            self.pos_conv = _PaddedConvPositionalEmbedding(
-                output_size, pos_conv_kernel, pos_conv_groups, positional_dropout_rate
-            )
-        else:
-            pos_module = torch.nn.Dropout(positional_dropout_rate)
-        if input_layer in _SUBSAMPLING:
-            self.embed = _SUBSAMPLING[input_layer](
-                input_size, output_size, dropout_rate, pos_module
-            )
-        elif input_layer == "linear":
-            self.embed = torch.nn.Sequential(
-                torch.nn.Linear(input_size, output_size),
-                LayerNorm(output_size),
-                torch.nn.Dropout(dropout_rate),
-                pos_module,
-            )
-        else:
-            self.embed = pos_module
+        embed, pos_conv = build_embed(
+            input_layer, input_size, output_size, dropout_rate, pos_enc,
+            positional_dropout_rate, pos_conv_kernel, pos_conv_groups,
+        )
+        self.pos_conv = pos_conv  # pos_enc="conv": applied in _run, where the padding is known
+        self.embed = embed
 
         self.encoders = torch.nn.ModuleList(
             ConBiMambaLayer(
@@ -357,7 +239,7 @@ class ConBiMambaEncoder(AbsEncoder):
                 frames that see padding; dropping them keeps a padded batch
                 equal to each sequence encoded alone.
         """
-        if self.input_layer not in _SUBSAMPLING:
+        if self.input_layer not in SUBSAMPLING:
             return self.embed(xs_pad), lengths
         too_short, limit = check_short_utt(self.embed, xs_pad.size(1))
         if too_short:
@@ -368,13 +250,7 @@ class ConBiMambaEncoder(AbsEncoder):
                 limit,
             )
         xs, _ = self.embed(xs_pad, None)  # the lengths below replace ESPnet's mask
-        olens = (lengths - 1) // 2  # first Conv2d(kernel 3, stride 2)
-        if self.input_layer == "conv2d":
-            olens = (olens - 1) // 2
-        elif self.input_layer == "conv2d6":
-            olens = (olens - 2) // 3
-        else:  # conv2d8
-            olens = ((olens - 1) // 2 - 1) // 2
+        olens = subsampled_length(self.input_layer, lengths)
         return xs, olens.clamp(min=0, max=xs.size(1))
 
     def _run(
