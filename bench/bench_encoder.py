@@ -3,6 +3,8 @@
 Compares, at the same width and depth, on a batch of equal-length utterances of 80-dim
 fbank frames (100 frames per second, Conv2d subsampling 4x in every encoder):
   - ConBiMamba with mamba_ssm's fused kernels (scan backend "cuda"),
+  - ConBiMamba with the Triton kernels of espnet_mamba.nn (scan backend "triton"; no
+    compiled extension),
   - ESPnet's ConformerEncoder (macaron FFN, rel-pos self-attention, conv kernel 31),
   - ConBiMamba with our pure-PyTorch scan (backend "torch").
 Each cell is the median of --repeats timed steps after --warmup steps (CUDA events), and
@@ -24,7 +26,7 @@ from step_timing import median_step_time
 
 FRAMES_PER_SECOND = 100
 FEATURE_DIM = 80
-KINDS = ["conbimamba-cuda", "conformer", "conbimamba-torch"]
+KINDS = ["conbimamba-cuda", "conbimamba-triton", "conformer", "conbimamba-torch"]
 
 
 def build_encoder(kind: str, d_model: int, num_blocks: int):
@@ -117,7 +119,7 @@ def main(argv=None) -> None:
         args.widths, args.seconds, args.batch, args.num_blocks = [64], [2], 2, 2
         args.warmup, args.repeats = 1, 2
     if device.type != "cuda":
-        kinds = [kind for kind in kinds if kind != "conbimamba-cuda"]
+        kinds = [kind for kind in kinds if kind not in ("conbimamba-cuda", "conbimamba-triton")]
     if args.dtype == "tfloat32":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
