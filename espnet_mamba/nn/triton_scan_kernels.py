@@ -24,6 +24,8 @@ __all__ = ["TL_DTYPES", "scan_bwd_kernel", "scan_fwd_kernel", "stored_frame"]
 
 # Triton dtype of each state (accumulator) dtype.
 TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+# log2(e): exp(x * A) = exp2(x * A * log2(e))
+_LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -46,28 +48,26 @@ def stored_frame(t, seq_len, reverse):
 
 
 @triton.jit
-def _program_channels(group_dim, n_state, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Channels ``d`` ``(BLOCK_D,)`` and state indices ``n`` ``(BLOCK_N,)`` of this
-    program, with their masks."""
+def _program_channels(pid_g, group_dim, n_state, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Channels ``d`` ``(BLOCK_D,)`` of this program in channel group ``pid_g`` and state
+    indices ``n`` ``(BLOCK_N,)``, with their masks."""
     d_in_group = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
-    return tl.program_id(2) * group_dim + d_in_group, d_in_group < group_dim, n, n < n_state
+    return pid_g * group_dim + d_in_group, d_in_group < group_dim, n, n < n_state
 
 
 @triton.jit
 def _state_matrix(A_ptr, stride_A_d, stride_A_n, d, n, mask_dn, ACC: tl.constexpr):
-    """``A`` ``(BLOCK_D, BLOCK_N)`` in ``ACC``, and ``A * log2(e)``
-    (``exp(x * A) = exp2(x * A * log2(e))``)."""
+    """``A`` ``(BLOCK_D, BLOCK_N)`` of this program's channels, in ``ACC``."""
     A = tl.load(A_ptr + d[:, None] * stride_A_d + n[None, :] * stride_A_n, mask=mask_dn, other=0.0)
-    A = A.to(ACC)
-    return A, A * 1.4426950408889634
+    return A.to(ACC)
 
 
 @triton.jit
-def _sequence(len_ptr, length, reverse_bits, HAS_LENGTHS: tl.constexpr):
-    """Length of this program's sequence, and whether its channel group reads backwards."""
-    seq_len = tl.load(len_ptr + tl.program_id(1)).to(tl.int32) if HAS_LENGTHS else length
-    return seq_len, (reverse_bits >> tl.program_id(2)) & 1
+def _sequence(len_ptr, pid_b, pid_g, length, reverse_bits, HAS_LENGTHS: tl.constexpr):
+    """Length of sequence ``pid_b``, and whether channel group ``pid_g`` reads it backwards."""
+    seq_len = tl.load(len_ptr + pid_b).to(tl.int32) if HAS_LENGTHS else length
+    return seq_len, (reverse_bits >> pid_g) & 1
 
 
 @triton.jit
@@ -75,8 +75,8 @@ def _frame_masks(t, seq_len, reverse, mask_d, mask_n):
     """Stored positions of the logical frames ``t`` ``(BLOCK_T,)``, and the masks of the
     valid ones, ``(BLOCK_D, BLOCK_T)`` and ``(BLOCK_N, BLOCK_T)``."""
     valid = t < seq_len
-    mask_dv = mask_d[:, None] & valid[None, :]
-    return stored_frame(t, seq_len, reverse), mask_dv, mask_n[:, None] & valid[None, :]
+    stored = stored_frame(t, seq_len, reverse)
+    return stored, mask_d[:, None] & valid[None, :], mask_n[:, None] & valid[None, :]
 
 
 @triton.jit
@@ -94,35 +94,47 @@ def _store_frames(rows, stored, value, mask):
 
 
 @triton.jit
-def _step_sizes(delta_rows, stored, stride_delta_t, mask, bias,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr):
-    """``delta + bias`` at the stored frames, and the step sizes after the softplus
-    (0 where ``mask`` is False: decay 1, input 0), each ``(BLOCK_D, BLOCK_T)``."""
-    dt_in = _load_frames(delta_rows, stored, stride_delta_t, mask, ACC)
+def _biased_deltas(delta_rows, stored, stride_delta_t, mask, bias, HAS_BIAS: tl.constexpr,
+                   ACC: tl.constexpr):
+    """``delta + bias`` ``(BLOCK_D, BLOCK_T)`` at the stored frames."""
+    dt = _load_frames(delta_rows, stored, stride_delta_t, mask, ACC)
     if HAS_BIAS:
-        dt_in += bias[:, None]
-    dt = _softplus(dt_in) if SOFTPLUS else dt_in
-    return dt_in, tl.where(mask, dt, 0.0)
+        dt += bias[:, None]
+    return dt
 
 
 @triton.jit
-def _next_step_sizes(t, seq_len, reverse, mask_d, delta_rows, stride_delta_t, bias,
-                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr):
-    """Step sizes ``(BLOCK_D, BLOCK_T)`` of the frames after the logical frames ``t``,
-    whose decays carry the adjoint backwards."""
-    stored, mask_dv, _ = _frame_masks(t + 1, seq_len, reverse, mask_d, mask_d)
-    _, dt = _step_sizes(delta_rows, stored, stride_delta_t, mask_dv, bias, HAS_BIAS, SOFTPLUS, ACC)
-    return dt
+def _step_sizes(dt_in, mask, SOFTPLUS: tl.constexpr):
+    """The step sizes of ``delta + bias`` (after the softplus), 0 where ``mask`` is False
+    (decay 1, input 0)."""
+    dt = _softplus(dt_in) if SOFTPLUS else dt_in
+    return tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _next_deltas(t, seq_len, reverse, mask_d, delta_rows, stride_delta_t, bias,
+                 HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
+    """``delta + bias`` ``(BLOCK_D, BLOCK_T)`` at the frames after the logical frames ``t``
+    (whose decays carry the adjoint backwards), and the mask of the valid ones."""
+    mask = mask_d[:, None] & ((t + 1) < seq_len)[None, :]
+    stored = stored_frame(t + 1, seq_len, reverse)
+    return _biased_deltas(delta_rows, stored, stride_delta_t, mask, bias, HAS_BIAS, ACC), mask
+
+
+@triton.jit
+def _chunk_inputs(dt, u, B):
+    """The inputs ``b = delta * u * B`` of a chunk, ``(BLOCK_D, BLOCK_N, BLOCK_T)``."""
+    return (dt * u)[:, None, :] * B[None, :, :]
 
 
 @triton.jit
 def _chunk_states(dt, u, B, A_log2, h_in):
     """States ``(BLOCK_D, BLOCK_N, BLOCK_T)`` of a chunk entered with ``h_in``
-    ``(BLOCK_D, BLOCK_N)``, and its inputs ``b = delta * u * B``."""
+    ``(BLOCK_D, BLOCK_N)``."""
     a = tl.exp2(dt[:, None, :] * A_log2[:, :, None])
-    b = (dt * u)[:, None, :] * B[None, :, :]
+    b = _chunk_inputs(dt, u, B)
     a_cum, b_cum = tl.associative_scan((a, b), axis=2, combine_fn=_compose)
-    return a_cum * h_in[:, :, None] + b_cum, b
+    return a_cum * h_in[:, :, None] + b_cum
 
 
 @triton.jit
@@ -154,13 +166,19 @@ def _adjoint_states(g, C, dt_next, A_log2, g_carry):
 
 
 @triton.jit
-def _state_grads(g_h, states, b, A, B, u, dt):
-    """Through the states: the gradients of the step sizes and of ``u``, ``(BLOCK_D, BLOCK_T)``,
-    and the chunk's part of the gradient of ``A``, ``(BLOCK_D, BLOCK_N)``."""
+def _chunk_grads(g_h, g, states, b, A, B, D, u, dt, gA, gD, HAS_D: tl.constexpr):
+    """The gradients of the step sizes and of ``u``, ``(BLOCK_D, BLOCK_T)``, from the adjoint
+    states ``g_h`` and the gradient ``g`` of the ungated output; ``gA`` ``(BLOCK_D, BLOCK_N)``
+    and ``gD`` ``(BLOCK_D,)`` with the chunk's parts added."""
     # d(loss)/d(delta * A)[t] = g_h[t] * a[t] * h[t - 1], and a[t] * h[t - 1] = h[t] - b[t].
     q = g_h * (states - b)
-    s = tl.sum(g_h * B[None, :, :], axis=1)
-    return tl.sum(q * A[:, :, None], axis=1) + s * u, s * dt, tl.sum(q * dt[:, None, :], axis=2)
+    s = tl.sum(g_h * B[None, :, :], axis=1)  # (BLOCK_D, BLOCK_T)
+    gdt = tl.sum(q * A[:, :, None], axis=1) + s * u
+    gu = s * dt
+    if HAS_D:
+        gu += g * D[:, None]
+        gD += tl.sum(g * u, axis=1)
+    return gdt, gu, gA + tl.sum(q * dt[:, None, :], axis=2), gD
 
 
 @triton.jit
@@ -203,12 +221,12 @@ def scan_fwd_kernel(
     (contiguous) and, with ``SAVE_STATES``, the state entering every chunk,
     ``h`` ``(batch, D, n_chunks, N)`` (contiguous, in the state's dtype ``ACC``)."""
     pid_b, pid_g = tl.program_id(1), tl.program_id(2)
-    d, mask_d, n, mask_n = _program_channels(group_dim, n_state, BLOCK_D, BLOCK_N)
+    d, mask_d, n, mask_n = _program_channels(pid_g, group_dim, n_state, BLOCK_D, BLOCK_N)
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    _, A_log2 = _state_matrix(A_ptr, stride_A_d, stride_A_n, d, n, mask_dn, ACC)
+    A_log2 = _state_matrix(A_ptr, stride_A_d, stride_A_n, d, n, mask_dn, ACC) * _LOG2E
     D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(ACC) if HAS_D else None
     bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(ACC) if HAS_BIAS else None
-    seq_len, reverse = _sequence(len_ptr, length, reverse_bits, HAS_LENGTHS)
+    seq_len, reverse = _sequence(len_ptr, pid_b, pid_g, length, reverse_bits, HAS_LENGTHS)
     u_rows = u_ptr + pid_b * stride_u_b + d[:, None] * stride_u_d
     delta_rows = delta_ptr + pid_b * stride_delta_b + d[:, None] * stride_delta_d
     z_rows = z_ptr + pid_b * stride_z_b + d[:, None] * stride_z_d
@@ -225,11 +243,11 @@ def scan_fwd_kernel(
         t = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
         stored, mask_dv, mask_nv = _frame_masks(t, seq_len, reverse, mask_d, mask_n)
         u = _load_frames(u_rows, stored, stride_u_t, mask_dv, ACC)
-        _, dt = _step_sizes(delta_rows, stored, stride_delta_t, mask_dv, bias,
-                            HAS_BIAS, SOFTPLUS, ACC)
+        dt_in = _biased_deltas(delta_rows, stored, stride_delta_t, mask_dv, bias, HAS_BIAS, ACC)
+        dt = _step_sizes(dt_in, mask_dv, SOFTPLUS)
         B = _load_frames(B_rows, stored, stride_B_t, mask_nv, ACC)
         C = _load_frames(C_rows, stored, stride_C_t, mask_nv, ACC)
-        states, _ = _chunk_states(dt, u, B, A_log2, h)
+        states = _chunk_states(dt, u, B, A_log2, h)
         y = _ungated_output(states, C, u, D, HAS_D)
         if HAS_Z:
             z = _load_frames(z_rows, stored, stride_z_t, mask_dv, ACC)
@@ -259,16 +277,17 @@ def scan_bwd_kernel(
     (contiguous) and adds into the ``ACC`` buffers ``gA`` ``(D, N)``, ``gB``, ``gC``
     ``(batch, G, N, L)``, ``gD``, ``gbias`` ``(D,)`` (all contiguous)."""
     pid_b, pid_g = tl.program_id(1), tl.program_id(2)
-    d, mask_d, n, mask_n = _program_channels(group_dim, n_state, BLOCK_D, BLOCK_N)
+    d, mask_d, n, mask_n = _program_channels(pid_g, group_dim, n_state, BLOCK_D, BLOCK_N)
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A, A_log2 = _state_matrix(A_ptr, stride_A_d, stride_A_n, d, n, mask_dn, ACC)
-    seq_len, reverse = _sequence(len_ptr, length, reverse_bits, HAS_LENGTHS)
+    A = _state_matrix(A_ptr, stride_A_d, stride_A_n, d, n, mask_dn, ACC)
+    A_log2 = A * _LOG2E
     D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(ACC) if HAS_D else None
     bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(ACC) if HAS_BIAS else None
+    seq_len, reverse = _sequence(len_ptr, pid_b, pid_g, length, reverse_bits, HAS_LENGTHS)
     u_rows = u_ptr + pid_b * stride_u_b + d[:, None] * stride_u_d
-    gy_rows = gy_ptr + pid_b * stride_gy_b + d[:, None] * stride_gy_d
     delta_rows = delta_ptr + pid_b * stride_delta_b + d[:, None] * stride_delta_d
     z_rows = z_ptr + pid_b * stride_z_b + d[:, None] * stride_z_d
+    gy_rows = gy_ptr + pid_b * stride_gy_b + d[:, None] * stride_gy_d
     out_rows = (pid_b * dim + d[:, None]) * length  # offsets of gu, gdelta, gz rows
     B_rows = B_ptr + pid_b * stride_B_b + pid_g * stride_B_g + n[:, None] * stride_B_n
     C_rows = C_ptr + pid_b * stride_C_b + pid_g * stride_C_g + n[:, None] * stride_C_n
@@ -284,32 +303,29 @@ def scan_bwd_kernel(
         chunk = n_chunks - 1 - step
         t = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
         stored, mask_dv, mask_nv = _frame_masks(t, seq_len, reverse, mask_d, mask_n)
-        mask_out = mask_d[:, None] & (t < length)[None, :]
         u = _load_frames(u_rows, stored, stride_u_t, mask_dv, ACC)
-        dt_in, dt = _step_sizes(delta_rows, stored, stride_delta_t, mask_dv, bias,
-                                HAS_BIAS, SOFTPLUS, ACC)
-        dt_next = _next_step_sizes(t, seq_len, reverse, mask_d, delta_rows, stride_delta_t, bias,
-                                   HAS_BIAS, SOFTPLUS, ACC)
+        dt_in = _biased_deltas(delta_rows, stored, stride_delta_t, mask_dv, bias, HAS_BIAS, ACC)
+        dt_next, mask_dv_next = _next_deltas(t, seq_len, reverse, mask_d, delta_rows,
+                                             stride_delta_t, bias, HAS_BIAS, ACC)
+        dt = _step_sizes(dt_in, mask_dv, SOFTPLUS)
+        dt_next = _step_sizes(dt_next, mask_dv_next, SOFTPLUS)
         B = _load_frames(B_rows, stored, stride_B_t, mask_nv, ACC)
         C = _load_frames(C_rows, stored, stride_C_t, mask_nv, ACC)
         gy = _load_frames(gy_rows, stored, stride_gy_t, mask_dv, ACC)
         # States of the chunk, recomputed from the saved state entering it.
         h_in = tl.load(h_rows + chunk * n_state, mask=mask_dn, other=0.0)
-        states, b = _chunk_states(dt, u, B, A_log2, h_in)
+        states = _chunk_states(dt, u, B, A_log2, h_in)
+        mask_out = mask_d[:, None] & (t < length)[None, :]
         if HAS_Z:
             z = _load_frames(z_rows, stored, stride_z_t, mask_dv, ACC)
             gz, g = _gate_grads(gy, _ungated_output(states, C, u, D, HAS_D), z)
             _store_frames(gz_ptr + out_rows, stored, gz, mask_out)
         else:
             g = gy
-
         g_h = _adjoint_states(g, C, dt_next, A_log2, g_carry)
         g_carry = tl.sum(tl.where(is_first, g_h, 0.0), axis=2)
-        gdt, gu, gA_chunk = _state_grads(g_h, states, b, A, B, u, dt)
-        gA += gA_chunk
-        if HAS_D:
-            gu += g * D[:, None]
-            gD += tl.sum(g * u, axis=1)
+        b = _chunk_inputs(dt, u, B)
+        gdt, gu, gA, gD = _chunk_grads(g_h, g, states, b, A, B, D, u, dt, gA, gD, HAS_D)
         _add_matrix_grads(gB_ptr, gC_ptr, gBC_rows, stored, g_h, states, g, dt, u, mask_nv)
         if SOFTPLUS:
             gdt *= tl.sigmoid(dt_in)
