@@ -21,7 +21,7 @@ that cover real (not padded) frames are masked; the number masked per utterance 
 """
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,22 @@ def pretrain_loss(
         raise ValueError(
             f"every item needs at least one patch ({cfg.tshape} frames), got {n_frames.tolist()}"
         )
+    masked, index = _batch_masks(cfg, n_frames, mask_patch, max_mask_fraction, generator)
+    masked = masked.to(feats.device)
+    index = [idx.to(feats.device) for idx in index]
+
+    target = model.patchify(feats)  # (B, P, patch_dim), no gradient needed
+    final, _ = model.run_layers(model.embed(feats, masked))
+    out = model.head_input(final)[:, 1:]  # (B, P, D) without the cls token
+    nce, mse, acc, total = _head_losses(model, out, target, index)
+    return PretrainLoss(loss=nce + mse_weight * mse, nce=nce, mse=mse, acc=acc, n_masked=total)
+
+
+def _batch_masks(cfg, n_frames: torch.Tensor, mask_patch: int, max_mask_fraction: float,
+                 generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Cluster masks of a batch of ``n_frames`` ``(B,)`` real frames: ``(B, P)`` True at
+    the masked patches, and each item's masked patch indices in drawing order (CPU)."""
+    batch = n_frames.shape[0]
     valid_t = ((n_frames.clamp(max=cfg.input_tdim) + cfg.tshape - 1) // cfg.tshape).tolist()
     index = []
     masked = torch.zeros(batch, cfg.num_patches, dtype=torch.bool)
@@ -146,20 +162,22 @@ def pretrain_loss(
         n_mask = min(n_mask, n_valid)
         idx = cluster_mask(cfg.f_dim, valid_t[b], cfg.t_dim, n_mask, generator)
         masked[b, idx] = True
-        index.append(idx.to(feats.device))
-    masked = masked.to(feats.device)
+        index.append(idx)
+    return masked, index
 
-    target = model.patchify(feats)  # (B, P, patch_dim), no gradient needed
-    final, _ = model.run_layers(model.embed(feats, masked))
-    out = model.head_input(final)[:, 1:]  # (B, P, D) without the cls token
 
-    nce_sum = feats.new_zeros(())
-    sq_sum = feats.new_zeros(())
+def _head_losses(model: SSAMBA, out: torch.Tensor, target: torch.Tensor,
+                 index: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """InfoNCE and reconstruction error of the two heads at the masked patches ``index``
+    of the model output ``out`` ``(B, P, D)`` against the patches ``target``
+    ``(B, P, patch_dim)``: ``(nce, mse, acc, n_masked)``."""
+    nce_sum = target.new_zeros(())
+    sq_sum = target.new_zeros(())
     correct = 0
     total = 0
-    for b in range(batch):
-        h = out[b, index[b]]  # (n, D)
-        true = target[b, index[b]]  # (n, patch_dim)
+    for b, idx in enumerate(index):
+        h = out[b, idx]  # (n, D)
+        true = target[b, idx]  # (n, patch_dim)
         pred_c = model.cpredlayer(h)
         pred_g = model.gpredlayer(h)
         scores = true @ pred_c.T  # (n, n): row i = true patch i vs every prediction
@@ -170,12 +188,5 @@ def pretrain_loss(
             correct += int((best == torch.arange(len(best), device=best.device)).sum())
         sq_sum = sq_sum + ((pred_g - true) ** 2).sum()
         total += h.shape[0]
-    nce = nce_sum / total
-    mse = sq_sum / (total * cfg.patch_dim)
-    return PretrainLoss(
-        loss=nce + mse_weight * mse,
-        nce=nce,
-        mse=mse,
-        acc=torch.tensor(correct / total),
-        n_masked=total,
-    )
+    mse = sq_sum / (total * model.config.patch_dim)
+    return nce_sum / total, mse, torch.tensor(correct / total), total
