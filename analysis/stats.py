@@ -265,51 +265,66 @@ def trend_verdict(
     means = a.mean(axis=0) if a.ndim == 2 else a
     last = len(means) - 1
     i_min = int(np.argmin(means))
-    fall = float(means[0] - means[i_min])
-    rise = float(means[last] - means[i_min])
-    drop = float(means[0] - means[last])
-    interior = np.arange(1, last)
-
+    shape = (i_min, float(means[0] - means[i_min]), float(means[last] - means[i_min]), float(means[0] - means[last]))
     if a.ndim == 2:
-        if a.shape[0] < 2:
-            raise ValueError("need at least 2 utterances for the bootstrap")
-        boot = bootstrap_means(a, n_boot, seed)  # (n_boot, L)
-        alpha = 1.0 - level
-        corrected = 100.0 * alpha / len(interior)
-        fall_lows = np.percentile(boot[:, [0]] - boot[:, interior], corrected, axis=0)
-        rise_lows = np.percentile(boot[:, [last]] - boot[:, interior], corrected, axis=0)
-        drop_low = float(np.percentile(boot[:, 0] - boot[:, last], 100.0 * alpha))
-        passing = interior[(fall_lows > 0) & (rise_lows > 0)]
-        turn = int(passing[np.argmin(means[passing])]) if len(passing) else None
-        shown = turn if turn is not None else (i_min if 0 < i_min < last else int(interior[np.argmin(means[1:last])]))
-        fall_low, rise_low = float(fall_lows[shown - 1]), float(rise_lows[shown - 1])
-        verdict = "falls then rises" if turn is not None else ("falls" if drop_low > 0 else "unclear")
-        rule = (f"paired bootstrap over {a.shape[0]} utterances ({n_boot} resamples): lowest mean at layer "
-                f"{i_min} ({_where(i_min, last)}); turn at an interior layer needs fall and rise lower bounds "
-                f"> 0 at {1 - alpha / len(interior):.4g} (Bonferroni over {len(interior)} layers): "
-                + (f"passed at layer {turn}" if turn is not None else "no layer passed")
-                + f" (layer {shown}: fall >= {fall_low:.4g}, rise >= {rise_low:.4g}); "
-                f"first-to-last drop >= {drop_low:.4g} at {level:.0%}")
-        return TrendVerdict(verdict, rule, i_min, fall, rise, drop, turn, fall_low, rise_low, drop_low)
-
+        return _bootstrap_verdict(a, means, shape, level, n_boot, seed)
     if ci is not None:
-        low, high = (np.asarray(c, dtype=np.float64) for c in ci)
-        if low.shape != means.shape or high.shape != means.shape:
-            raise ValueError(f"ci must be (low, high) of shape {means.shape}")
-        fall_gaps = low[0] - high[interior]
-        rise_gaps = low[last] - high[interior]
-        drop_low = float(low[0] - high[last])
-        passing = interior[(fall_gaps > 0) & (rise_gaps > 0)]
-        turn = int(passing[np.argmin(means[passing])]) if len(passing) else None
-        shown = turn if turn is not None else int(interior[np.argmin(means[1:last])])
-        fall_low, rise_low = float(fall_gaps[shown - 1]), float(rise_gaps[shown - 1])
-        verdict = "falls then rises" if turn is not None else ("falls" if drop_low > 0 else "unclear")
-        rule = (f"non-overlapping intervals: lowest mean at layer {i_min} ({_where(i_min, last)}); turn "
-                + (f"at layer {turn}" if turn is not None else "at no interior layer")
-                + f" (layer {shown}: low[0] - high = {fall_low:.4g}, low[-1] - high = {rise_low:.4g}); "
-                f"first-to-last low[0] - high[-1] = {drop_low:.4g} (significant if > 0)")
-        return TrendVerdict(verdict, rule, i_min, fall, rise, drop, turn, fall_low, rise_low, drop_low)
+        return _interval_verdict(means, shape, ci)
+    return _means_verdict(means, shape, rel_tol)
 
+
+def _bootstrap_verdict(a: np.ndarray, means: np.ndarray, shape: Tuple[int, float, float, float], level: float,
+                       n_boot: int, seed: int) -> TrendVerdict:
+    """:func:`trend_verdict` of per-utterance values ``a`` ``(U, L)`` by the paired bootstrap;
+    ``shape`` is ``(min_layer, fall, rise, drop)`` of the layer means ``(L,)``."""
+    if a.shape[0] < 2:
+        raise ValueError("need at least 2 utterances for the bootstrap")
+    i_min, last, interior = shape[0], len(means) - 1, np.arange(1, len(means) - 1)
+    boot = bootstrap_means(a, n_boot, seed)  # (n_boot, L)
+    alpha = 1.0 - level
+    corrected = 100.0 * alpha / len(interior)
+    fall_lows = np.percentile(boot[:, [0]] - boot[:, interior], corrected, axis=0)
+    rise_lows = np.percentile(boot[:, [last]] - boot[:, interior], corrected, axis=0)
+    drop_low = float(np.percentile(boot[:, 0] - boot[:, last], 100.0 * alpha))
+    passing = interior[(fall_lows > 0) & (rise_lows > 0)]
+    turn = int(passing[np.argmin(means[passing])]) if len(passing) else None
+    shown = turn if turn is not None else (i_min if 0 < i_min < last else int(interior[np.argmin(means[1:last])]))
+    fall_low, rise_low = float(fall_lows[shown - 1]), float(rise_lows[shown - 1])
+    verdict = "falls then rises" if turn is not None else ("falls" if drop_low > 0 else "unclear")
+    rule = (f"paired bootstrap over {a.shape[0]} utterances ({n_boot} resamples): lowest mean at layer "
+            f"{i_min} ({_where(i_min, last)}); turn at an interior layer needs fall and rise lower bounds "
+            f"> 0 at {1 - alpha / len(interior):.4g} (Bonferroni over {len(interior)} layers): "
+            + (f"passed at layer {turn}" if turn is not None else "no layer passed")
+            + f" (layer {shown}: fall >= {fall_low:.4g}, rise >= {rise_low:.4g}); "
+            f"first-to-last drop >= {drop_low:.4g} at {level:.0%}")
+    return TrendVerdict(verdict, rule, *shape, turn, fall_low, rise_low, drop_low)
+
+
+def _interval_verdict(means: np.ndarray, shape: Tuple[int, float, float, float], ci) -> TrendVerdict:
+    """:func:`trend_verdict` of the layer means ``(L,)`` by non-overlapping intervals ``ci``."""
+    i_min, last, interior = shape[0], len(means) - 1, np.arange(1, len(means) - 1)
+    low, high = (np.asarray(c, dtype=np.float64) for c in ci)
+    if low.shape != means.shape or high.shape != means.shape:
+        raise ValueError(f"ci must be (low, high) of shape {means.shape}")
+    fall_gaps = low[0] - high[interior]
+    rise_gaps = low[last] - high[interior]
+    drop_low = float(low[0] - high[last])
+    passing = interior[(fall_gaps > 0) & (rise_gaps > 0)]
+    turn = int(passing[np.argmin(means[passing])]) if len(passing) else None
+    shown = turn if turn is not None else int(interior[np.argmin(means[1:last])])
+    fall_low, rise_low = float(fall_gaps[shown - 1]), float(rise_gaps[shown - 1])
+    verdict = "falls then rises" if turn is not None else ("falls" if drop_low > 0 else "unclear")
+    rule = (f"non-overlapping intervals: lowest mean at layer {i_min} ({_where(i_min, last)}); turn "
+            + (f"at layer {turn}" if turn is not None else "at no interior layer")
+            + f" (layer {shown}: low[0] - high = {fall_low:.4g}, low[-1] - high = {rise_low:.4g}); "
+            f"first-to-last low[0] - high[-1] = {drop_low:.4g} (significant if > 0)")
+    return TrendVerdict(verdict, rule, *shape, turn, fall_low, rise_low, drop_low)
+
+
+def _means_verdict(means: np.ndarray, shape: Tuple[int, float, float, float], rel_tol: float) -> TrendVerdict:
+    """:func:`trend_verdict` of the layer means ``(L,)`` alone, against ``rel_tol``."""
+    i_min, fall, rise, drop = shape
+    last = len(means) - 1
     if rel_tol < 0:
         raise ValueError(f"rel_tol must be >= 0, got {rel_tol}")
     tol = rel_tol * float(np.mean(np.abs(means)))
@@ -318,4 +333,4 @@ def trend_verdict(
     rule = (f"means only (no uncertainty): lowest mean at layer {i_min} ({_where(i_min, last)}); "
             f"fall {fall:.4g}, rise {rise:.4g}, first-to-last drop {drop:.4g} against threshold {tol:.4g} "
             f"({rel_tol:g} x mean |level|)")
-    return TrendVerdict(verdict, rule, i_min, fall, rise, drop, turn)
+    return TrendVerdict(verdict, rule, *shape, turn)
