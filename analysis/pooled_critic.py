@@ -27,7 +27,7 @@ the shape of the curve, not its level.
 
 import math
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -171,26 +171,42 @@ def pooled_critic_group_estimates(
     fit_utts, valid_utts = order[: half - n_valid], order[half - n_valid: half]
     groups = np.array_split(order[half:], min(opts.groups, len(xs) - half))
     frames = _Frames(xs, device)
-    fit = frames.rows(fit_utts, opts.max_frames, generator)
-    valid = frames.rows(valid_utts, opts.max_frames, generator)
-    evaluation = [frames.rows(g, opts.max_frames, generator) for g in groups]
-
+    rows = [frames.rows(utts, opts.max_frames, generator) for utts in (fit_utts, valid_utts, *groups)]
     k = min([opts.components, frames.x.shape[1]] + [int(ts[0].shape[1]) for ts in layers])
-    views = []  # per layer: a function rows -> (n, 2k)
+    fit_view, valid_view, *eval_views = _canonical_views(frames, layers, rows, k, opts.ridge, device)
+    critics = _train_critics(fit_view, valid_view, k, opts, generator, device)
+    with torch.no_grad():
+        values = []
+        for view in eval_views:
+            perm = torch.randperm(view.shape[1], generator=generator).to(device)
+            values.append(_dv_bounds(critics, view, k, perm, opts.clip).cpu().numpy())
+    return np.stack(values).astype(np.float64)
+
+
+def _canonical_views(frames: _Frames, layers, rows: Sequence[torch.Tensor], k: int, ridge: float,
+                     device) -> List[torch.Tensor]:
+    """Per set of ``rows``, the views ``cat(u, v)`` ``(L, n, 2k)`` of all layers: the ``k``
+    leading canonical pairs of X and each layer's T, fitted on the first set."""
+    fit = rows[0]
+    views = []  # per layer, per set of rows: (n, 2k)
     for ts in layers:
         t = normal_scores(torch.cat([torch.as_tensor(t) for t in ts]).to(device))
         dx = frames.x.shape[1]
         cov = torch.cov(torch.cat([frames.x[fit], t[fit]], dim=1).T)
-        a, b, _ = canonical_directions(cov[:dx, :dx], cov[dx:, dx:], cov[:dx, dx:], opts.ridge)
+        a, b, _ = canonical_directions(cov[:dx, :dx], cov[dx:, dx:], cov[:dx, dx:], ridge)
         a, b = a[:, :k], b[:, :k]
-        views.append([torch.cat([frames.x[rows] @ a, t[rows] @ b], dim=1).float()
-                      for rows in (fit, valid, *evaluation)])
-    fit_view, valid_view, *eval_views = (torch.stack(parts) for parts in zip(*views))
+        views.append([torch.cat([frames.x[r] @ a, t[r] @ b], dim=1).float() for r in rows])
+    return [torch.stack(parts) for parts in zip(*views)]
 
-    critics = _StackedCritics(len(layers), 2 * k, opts.hidden, generator).to(device)
+
+def _train_critics(fit_view: torch.Tensor, valid_view: torch.Tensor, k: int, opts: PooledCriticOptions,
+                   generator: torch.Generator, device) -> _StackedCritics:
+    """The L critics trained with the DV objective on ``fit_view`` ``(L, n, 2k)``, each
+    holding the parameters of its epoch of best DV bound on ``valid_view``."""
+    critics = _StackedCritics(fit_view.shape[0], 2 * k, opts.hidden, generator).to(device)
     optimizer = torch.optim.Adam(critics.parameters(), lr=opts.lr)
     valid_perm = torch.randperm(valid_view.shape[1], generator=generator).to(device)
-    best = torch.full((len(layers),), -math.inf, device=device)
+    best = torch.full((fit_view.shape[0],), -math.inf, device=device)
     best_params = [p.detach().clone() for p in critics.parameters()]
     n, batch = fit_view.shape[1], min(opts.batch_size, fit_view.shape[1])
     for _ in range(opts.epochs):
@@ -211,8 +227,4 @@ def pooled_critic_group_estimates(
     with torch.no_grad():
         for kept, p in zip(best_params, critics.parameters()):
             p.copy_(kept)
-        values = []
-        for view in eval_views:
-            perm = torch.randperm(view.shape[1], generator=generator).to(device)
-            values.append(_dv_bounds(critics, view, k, perm, opts.clip).cpu().numpy())
-    return np.stack(values).astype(np.float64)
+    return critics
