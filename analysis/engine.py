@@ -251,14 +251,29 @@ def estimate_mi_batched(
     bound = make_bound(estimator, opts)
     device = resolve_device(opts.device)
     _check_call(on_short, max_pairs_per_chunk, memory_budget_bytes, precision, opts, device)
-    n_problems = len(lengths) if lengths is not None else len(x)
-    seeds = [int(s) for s in ([opts.seed] * n_problems if seeds is None else seeds)]
+    seeds = _seeds(seeds, opts.seed, len(lengths) if lengths is not None else len(x))
+    problems = _collect_problems(x, y, lengths, seeds)
+    n_frames, log_n, skipped = _frame_counts(problems, opts, on_short)
+    estimates = _train_chunks(problems, skipped, estimator, bound, opts, device, precision, progress,
+                              memory_budget_bytes or _default_budget(device), max_pairs_per_chunk)
+    return BatchedMIResult(estimates=estimates, n_frames=n_frames, log_n=log_n, skipped=skipped,
+                           seeds=np.array(seeds, dtype=np.uint64), estimator=estimator, options=opts,
+                           device=str(device), seconds=time.perf_counter() - start_time)
+
+
+def _seeds(seeds: Optional[Sequence[int]], default: int, n_problems: int) -> List[int]:
+    """The seed of each problem: ``seeds``, or ``default`` for every one."""
+    seeds = [int(s) for s in ([default] * n_problems if seeds is None else seeds)]
     if any(s < 0 for s in seeds):
         raise ValueError("seeds must be non-negative integers")
-    problems = _collect_problems(x, y, lengths, seeds)
+    return seeds
 
+
+def _frame_counts(problems: List[Problem], opts: MIOptions, on_short: str):
+    """Frames ``(K,)`` of each problem, their natural log, and ``(K,)`` True for the
+    problems of fewer than ``min_frames`` (a warning; a ValueError if ``on_short`` is
+    "raise")."""
     n_frames = np.array([p.x.shape[0] for p in problems], dtype=np.int64)
-    estimates = np.full(len(problems), np.nan, dtype=np.float64)
     skipped = n_frames < opts.min_frames
     if skipped.any():
         bad = np.flatnonzero(skipped)
@@ -269,9 +284,17 @@ def estimate_mi_batched(
         logger.warning("%s; their estimates are NaN", message)
     if (opts.epochs * n_frames >= 2 ** 32).any():
         raise ValueError("epochs * frames must be < 2**32 for every problem")
+    with np.errstate(divide="ignore"):
+        log_n = np.log(n_frames.astype(np.float64))
+    return n_frames, log_n, skipped
 
-    plan = plan_chunks(problems, np.flatnonzero(~skipped), bound.pairwise, opts,
-                       memory_budget_bytes or _default_budget(device), max_pairs_per_chunk)
+
+def _train_chunks(problems: List[Problem], skipped: np.ndarray, estimator: str, bound, opts: MIOptions,
+                  device: torch.device, precision: str, progress: Optional[bool], budget: int,
+                  max_pairs_per_chunk: Optional[int]) -> np.ndarray:
+    """Estimates ``(K,)`` of the problems not ``skipped`` (NaN for those), chunk by chunk."""
+    estimates = np.full(len(problems), np.nan, dtype=np.float64)
+    plan = plan_chunks(problems, np.flatnonzero(~skipped), bound.pairwise, opts, budget, max_pairs_per_chunk)
     storage = torch.bfloat16 if precision == "bf16" else opts.dtype
     desc = f"MI ({estimator}, {int((~skipped).sum())} problems)"
     with Progress(len(plan) * opts.epochs, desc, "epoch", progress) as bar, _precision(precision, device):
@@ -279,16 +302,4 @@ def estimate_mi_batched(
             chunk, order = load_chunk(problems, units, group, device, opts, storage)
             estimates[order] = train_and_evaluate(chunk, bound, opts, bar).double().cpu().numpy()
             del chunk
-    with np.errstate(divide="ignore"):
-        log_n = np.log(n_frames.astype(np.float64))
-    return BatchedMIResult(
-        estimates=estimates,
-        n_frames=n_frames,
-        log_n=log_n,
-        skipped=skipped,
-        seeds=np.array(seeds, dtype=np.uint64),
-        estimator=estimator,
-        options=opts,
-        device=str(device),
-        seconds=time.perf_counter() - start_time,
-    )
+    return estimates
