@@ -32,7 +32,12 @@ needs_recipe_tools = [
     pytest.mark.skipif(any(shutil.which(t) is None for t in RECIPE_TOOLS), reason="needs espeak-ng, sox, flac"),
     pytest.mark.skipif(not (REPO / ".venv" / "bin" / "lmplz").exists(), reason="needs .venv with KenLM (tools/install.sh)"),
 ]
-RECIPE_ENV = dict(os.environ, MAMBA_MI_ROOT=str(REPO), OMP_NUM_THREADS="1")
+# The Python processes that the tests start import tests/no_typecheck/sitecustomize.py,
+# which turns ESPnet's typeguard checks off (they cost an ESPnet process about half of its
+# start) unless MAMBA_MI_TYPECHECK=1.
+CHILD_PYTHONPATH = os.pathsep.join([str(REPO / "tests" / "no_typecheck")]
+                                   + [p for p in [os.environ.get("PYTHONPATH")] if p])
+RECIPE_ENV = dict(os.environ, MAMBA_MI_ROOT=str(REPO), OMP_NUM_THREADS="1", PYTHONPATH=CHILD_PYTHONPATH)
 if not torch.cuda.is_available():
     # Triton reads this when it is first imported, by whichever test module comes first:
     # without a GPU its kernels run through its interpreter.
@@ -49,6 +54,10 @@ _RESTORE: list = []
 
 def pytest_configure(config):
     _RESTORE.append(block_network(_ATTEMPTS))  # before the test modules are imported
+    # CHILD_PYTHONPATH for the processes that tests start, not for pytest-xdist's workers
+    # (started by the controller): the tests that run in a pytest process keep typeguard.
+    if xdist_worker() is not None or not getattr(config.option, "numprocesses", None):
+        os.environ["PYTHONPATH"] = CHILD_PYTHONPATH
 
 
 def pytest_unconfigure(config):

@@ -165,3 +165,29 @@ def test_xdist_workers_share_one_build(tmp_path):
     assert workers == {"gw0", "gw1"} and len(directories) == 1
     assert "RuntimeError: no luck" in report
     assert "build failed in another worker: RuntimeError: no luck" in report
+
+
+_TYPECHECKED = (
+    "import typeguard\n"
+    "@typeguard.typechecked\n"
+    "def same(x: int) -> int:\n"
+    "    return x\n"
+    "try:\n"
+    "    same('4')\n"
+    "    print('unchecked')\n"
+    "except typeguard.TypeCheckError:\n"
+    "    print('checked')\n"
+)
+
+
+@pytest.mark.parametrize("typecheck, expected", [("", "unchecked"), ("1", "checked")])
+def test_processes_that_tests_start_skip_typeguard_unless_asked(tmp_path, typecheck, expected):
+    """tests/no_typecheck/sitecustomize.py: typeguard's decorator is a no-op in the
+    processes that the tests start, and MAMBA_MI_TYPECHECK=1 keeps its checks."""
+    from conftest import CHILD_PYTHONPATH
+
+    script = tmp_path / "typechecked.py"  # typeguard instruments functions from their source file
+    script.write_text(_TYPECHECKED)
+    env = dict(os.environ, PYTHONPATH=CHILD_PYTHONPATH, MAMBA_MI_TYPECHECK=typecheck)
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == expected, out.stderr[-2000:]

@@ -68,7 +68,8 @@ def test_pretraining_steps_through_the_entry_point(tmp_path, encoder):
         "--train_shape_file", f"{labels}/train/speech_shape", "--valid_shape_file", f"{labels}/valid/speech_shape",
         "--output_dir", str(out),
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "hubert_loss_m" in result.stderr
