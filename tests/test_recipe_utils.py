@@ -247,6 +247,36 @@ def test_train_espnet_marks_done_skips_and_refuses_other_options(tmp_path):
     assert empty.returncode == 1 and "training finished without exp/empty/model.pth" in empty.stderr
 
 
+def test_for_each_runs_items_in_turn_or_at_most_n_at_once(tmp_path):
+    # every item records how many items run at that moment (files in a directory = counter)
+    counter = tmp_path / "running"
+    counter.mkdir()
+    _shell_recipe(tmp_path, f"""\
+        item() {{
+            touch {counter}/$1
+            if [ "$1" = bad ]; then sleep 0.1; else sleep 0.5; fi
+            ls {counter} | wc -l >{tmp_path}/seen.$1
+            rm {counter}/$1
+            [ "$1" != bad ] || die "item $1 failed"
+            echo "done $1"
+        }}
+        for_each "$1" item "${{@:2}}"
+        echo "all done"
+        """)
+    out = _run(["./script.sh", "1", "a", "b", "c"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["done a", "done b", "done c", "all done"]
+    assert all((tmp_path / f"seen.{i}").read_text().strip() == "1" for i in "abc")
+    out = _run(["./script.sh", "2", "d", "e", "f", "g", "h"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["all done", "done d", "done e", "done f", "done g", "done h"]
+    assert max(int((tmp_path / f"seen.{i}").read_text()) for i in "defgh") == 2
+    # a failure: the running item finishes, no further one starts, the script stops
+    out = _run(["./script.sh", "2", "bad", "x", "y", "z"], cwd=tmp_path)
+    assert out.returncode == 1 and "Error: item bad failed" in out.stderr
+    assert out.stdout.splitlines() == ["done x"]
+
+
 def test_experiment_name_helpers(tmp_path):
     script = _shell_recipe(tmp_path, """\
         expdir=exp hubert_label_layer="6 9" baseline_label_layer=6

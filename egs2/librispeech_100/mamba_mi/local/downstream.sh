@@ -57,6 +57,7 @@ inference_conformer_model=valid.acc.ave.pth # checkpoint of a Conformer model to
 finetune_args=""        # extra options of asr_train for fine-tuning
 conformer_args=""       # extra options of asr_train for the Conformer models
 inference_args=""       # extra options of asr_inference
+model_jobs=1            # trainings (steps 1, 3) and decodings (steps 2, 4) run at once, one process each
 asr_train_module=espnet_mamba.bin.asr_train # python -m module for training
 asr_inference_module=espnet_mamba.bin.asr_inference # python -m module for decoding
 results=RESULTS.md      # step 5 writes its Table II section here
@@ -74,7 +75,7 @@ model_tag() {
 
 # ---------------------------------------------------------------------------
 # Checks and derived settings
-require_int 1 train_threads inference_nj ngram_num
+require_int 1 train_threads inference_nj ngram_num model_jobs
 require_int 0 valid_utts test_utts ngpu inference_ngpu
 require_stages 5
 require_ssl_tag
@@ -203,19 +204,73 @@ data_sig() {
     echo "train=$(sig_of "${data_feats}/${train_set}/wav.scp" "${data_feats}/${train_set}/text") valid=$(sig_of "${valid_dir}/wav.scp") tokens=$(sig_of "${token_list}")"
 }
 
+finetune() {
+    # finetune "MODEL LAYER": step 1 for one pretrained model
+    local model layer ssl config sig
+    read -r model layer <<<"$1"
+    check_pretrained "${model}" "${layer}"
+    ssl=$(ssl_it2_exp "${model}" "${layer}")
+    log "Step 1: CTC fine-tuning of ${ssl}/${ssl_model}"
+    config=${conf_dir}/finetune_ctc.yaml
+    sig="config=$(sig_of "${config}") pretrained=$(sig_of "${ssl}/.done") $(data_sig) args=${finetune_args}"
+    train_asr "$(ft_exp "${model}" "${layer}")" "${config}" "${sig}" "${inference_ft_model}" \
+        --encoder_conf "ssl_model=${ssl}/${ssl_model}" --encoder_conf "ssl_config=${ssl}/config.yaml" \
+        ${finetune_args}
+}
+
+decode_finetuned() {
+    # decode_finetuned "MODEL LAYER LM": step 2 for one fine-tuned model, without an LM
+    # (LM none) or with the n-gram (LM ngram)
+    local model layer lm exp tag
+    read -r model layer lm <<<"$1"
+    exp=$(ft_exp "${model}" "${layer}")
+    tag=$(model_tag "${inference_ft_model}")
+    [ -f "${exp}/.done" ] || die "${exp} is not trained: run step 1 first"
+    if [ "${lm}" = none ]; then
+        log "Step 2: decoding ${exp} without an LM"
+        decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
+            "${exp}/decode_ctc_${tag}" "${beam_opts[@]}"
+    else
+        log "Step 2: decoding ${exp} with ${ngram_file}"
+        decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
+            "${exp}/decode_ctc_ngram_${tag}" "${beam_opts[@]}" "${ngram_opts[@]}"
+    fi
+}
+
+train_conformer() {
+    # train_conformer "MODEL LAYER": step 3 for one pretrained model
+    local model layer ssl config sig
+    read -r model layer <<<"$1"
+    check_pretrained "${model}" "${layer}"
+    ssl=$(ssl_it2_exp "${model}" "${layer}")
+    log "Step 3: frozen upstream $(upstream_of "${model}") (${ssl}/${ssl_model}) + Conformer"
+    config=${conf_dir}/conformer_s3prl.yaml
+    sig="config=$(sig_of "${config}") pretrained=$(sig_of "${ssl}/.done") $(data_sig) args=${conformer_args}"
+    train_asr "$(conformer_exp "${model}" "${layer}")" "${config}" "${sig}" "${inference_conformer_model}" \
+        --frontend_conf "frontend_conf.upstream=$(upstream_of "${model}")" \
+        --frontend_conf "frontend_conf.path_or_url=${ssl}/${ssl_model}" \
+        ${conformer_args}
+}
+
+decode_conformer() {
+    # decode_conformer "MODEL LAYER": step 4 for one Conformer model
+    local model layer exp
+    read -r model layer <<<"$1"
+    exp=$(conformer_exp "${model}" "${layer}")
+    [ -f "${exp}/.done" ] || die "${exp} is not trained: run step 3 first"
+    log "Step 4: decoding ${exp}"
+    decode "${exp}" "${exp}/${inference_conformer_model}" "${conf_dir}/decode_conformer.yaml" \
+        "${exp}/decode_conformer_$(model_tag "${inference_conformer_model}")"
+}
+
 # ---------------------------------------------------------------------------
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
-    for entry in "${pretrained[@]}"; do
-        read -r model layer <<<"${entry}"
-        check_pretrained "${model}" "${layer}"
-        ssl=$(ssl_it2_exp "${model}" "${layer}")
-        log "Step 1: CTC fine-tuning of ${ssl}/${ssl_model}"
-        config=${conf_dir}/finetune_ctc.yaml
-        sig="config=$(sig_of "${config}") pretrained=$(sig_of "${ssl}/.done") $(data_sig) args=${finetune_args}"
-        train_asr "$(ft_exp "${model}" "${layer}")" "${config}" "${sig}" "${inference_ft_model}" \
-            --encoder_conf "ssl_model=${ssl}/${ssl_model}" --encoder_conf "ssl_config=${ssl}/config.yaml" \
-            ${finetune_args}
-    done
+    for_each "${model_jobs}" finetune "${pretrained[@]}"
+fi
+
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 2 ]; then
+    # the evaluation subsets, before decodings that may run at once read them
+    for dset in ${test_sets}; do subset_dir "${dset}" "${test_utts}" >/dev/null; done
 fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
@@ -226,47 +281,20 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     if "${use_ngram}" && [ ! -s "${ngram_file}" ]; then
         die "${ngram_file} is missing: run stage 6 of the recipe (or --use_ngram false)"
     fi
-    tag=$(model_tag "${inference_ft_model}")
+    decodings=()
     for entry in "${pretrained[@]}"; do
-        read -r model layer <<<"${entry}"
-        exp=$(ft_exp "${model}" "${layer}")
-        [ -f "${exp}/.done" ] || die "${exp} is not trained: run step 1 first"
-        log "Step 2: decoding ${exp} without an LM"
-        decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
-            "${exp}/decode_ctc_${tag}" "${beam_opts[@]}"
-        if "${use_ngram}"; then
-            log "Step 2: decoding ${exp} with ${ngram_file}"
-            decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
-                "${exp}/decode_ctc_ngram_${tag}" "${beam_opts[@]}" "${ngram_opts[@]}"
-        fi
+        decodings+=("${entry} none")
+        if "${use_ngram}"; then decodings+=("${entry} ngram"); fi
     done
+    for_each "${model_jobs}" decode_finetuned "${decodings[@]}"
 fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
-    for entry in "${pretrained[@]}"; do
-        read -r model layer <<<"${entry}"
-        check_pretrained "${model}" "${layer}"
-        ssl=$(ssl_it2_exp "${model}" "${layer}")
-        log "Step 3: frozen upstream $(upstream_of "${model}") (${ssl}/${ssl_model}) + Conformer"
-        config=${conf_dir}/conformer_s3prl.yaml
-        sig="config=$(sig_of "${config}") pretrained=$(sig_of "${ssl}/.done") $(data_sig) args=${conformer_args}"
-        train_asr "$(conformer_exp "${model}" "${layer}")" "${config}" "${sig}" "${inference_conformer_model}" \
-            --frontend_conf "frontend_conf.upstream=$(upstream_of "${model}")" \
-            --frontend_conf "frontend_conf.path_or_url=${ssl}/${ssl_model}" \
-            ${conformer_args}
-    done
+    for_each "${model_jobs}" train_conformer "${pretrained[@]}"
 fi
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
-    tag=$(model_tag "${inference_conformer_model}")
-    for entry in "${pretrained[@]}"; do
-        read -r model layer <<<"${entry}"
-        exp=$(conformer_exp "${model}" "${layer}")
-        [ -f "${exp}/.done" ] || die "${exp} is not trained: run step 3 first"
-        log "Step 4: decoding ${exp}"
-        decode "${exp}" "${exp}/${inference_conformer_model}" "${conf_dir}/decode_conformer.yaml" \
-            "${exp}/decode_conformer_${tag}"
-    done
+    for_each "${model_jobs}" decode_conformer "${pretrained[@]}"
 fi
 
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then

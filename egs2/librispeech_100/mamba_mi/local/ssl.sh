@@ -43,6 +43,7 @@ baseline_label_layer=6  # Transformer HuBERT layer whose k-means give its iterat
 ssl_model=latest.pth    # checkpoint of an iteration that labels the next one (and goes downstream)
 ssl_args=""             # extra options of ssl_train (override the configs)
 ssl_train_module=espnet_mamba.bin.ssl_train # python -m module for training
+model_jobs=1            # pretrainings (steps 2, 4) and layer k-means (step 3) run at once, one process each
 ## K-means
 n_clusters_it1=100      # clusters of the MFCC k-means (iteration-1 targets)
 n_clusters_it2=500      # clusters of the layer k-means (iteration-2 targets)
@@ -82,7 +83,7 @@ subset() {
 
 # ---------------------------------------------------------------------------
 # Checks
-require_int 1 n_clusters_it1 n_clusters_it2 train_threads kmeans_max_frames kmeans_n_init
+require_int 1 n_clusters_it1 n_clusters_it2 train_threads kmeans_max_frames kmeans_n_init model_jobs
 require_int 0 train_utts valid_utts ngpu
 require_stages 4
 if [ "${n_clusters_it1}" -lt 2 ] || [ "${n_clusters_it2}" -lt 2 ]; then
@@ -136,6 +137,51 @@ pretrain() {
         --resume true --output_dir "${exp}" --config "${exp}/pretrain_config.yaml" ${ssl_args}
 }
 
+pretrain_it1() {
+    # pretrain_it1 MODEL: step 2 for one model
+    log "Step 2: iteration 1 of $1"
+    pretrain "$(config_of "$1" 1)" "${labels_it1}" "$(ssl_it1_exp "$1")"
+}
+
+kmeans_it2() {
+    # kmeans_it2 MODEL: step 3 for one model, the k-means of each of its label layers
+    local model=$1 it1 layers sig layer pending=() out_template kmeans_log
+    it1=$(ssl_it1_exp "${model}")
+    [ -f "${it1}/.done" ] || die "${it1} is not trained: run step 2 first"
+    layers=$(layers_of "${model}")
+    log "Step 3: k-means (${n_clusters_it2} clusters) of layer(s) ${layers} of ${it1}/${ssl_model}"
+    sig="model=$(sig_of "${it1}/.done") data=$(sig_of "${ssl_data}/train/wav.scp" "${ssl_data}/valid/wav.scp") k=${n_clusters_it2} portion=${kmeans_portion} max_frames=${kmeans_max_frames} n_init=${kmeans_n_init}"
+    for layer in ${layers}; do
+        if is_done "$(labels_it2 "${model}" "${layer}")" "${sig} layer=${layer}"; then
+            log "$(labels_it2 "${model}" "${layer}"): complete (.done); skipping"
+        else
+            pending+=("${layer}")
+        fi
+    done
+    [ ${#pending[@]} -eq 0 ] && return 0
+    out_template=${dumpdir}/ssl/it2_$(ssl_name "${model}")_L{layer}_km${n_clusters_it2}
+    kmeans_log=${dumpdir}/ssl/it2_${model}_kmeans.log
+    ${python} -m espnet_mamba.bin.kmeans --feature ssl --ssl_model "${it1}/${ssl_model}" \
+        --layers "${pending[@]}" --n_clusters "${n_clusters_it2}" --device "${kmeans_device}" \
+        --fit_data_dir "${ssl_data}/train" --data_dirs "${ssl_data}/train" "${ssl_data}/valid" \
+        --out_dir "${out_template}" --portion "${kmeans_portion}" --max_fit_frames "${kmeans_max_frames}" \
+        --n_init "${kmeans_n_init}" >"${kmeans_log}" 2>&1 \
+        || die "k-means of ${model} layer(s) ${pending[*]} failed; see ${kmeans_log}:\n$(tail -n 3 "${kmeans_log}")"
+    for layer in "${pending[@]}"; do
+        mark_done "$(labels_it2 "${model}" "${layer}")" "${sig} layer=${layer}"
+    done
+}
+
+pretrain_it2() {
+    # pretrain_it2 "MODEL LAYER": step 4 for one model and label layer
+    local model layer labels
+    read -r model layer <<<"$1"
+    log "Step 4: iteration 2 of ${model}, targets from layer ${layer}"
+    labels=$(labels_it2 "${model}" "${layer}")
+    [ -f "${labels}/.done" ] || die "${labels} is missing: run step 3 first"
+    pretrain "$(config_of "${model}" 2)" "${labels}" "$(ssl_it2_exp "${model}" "${layer}")"
+}
+
 # ---------------------------------------------------------------------------
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     log "Step 1: pretraining data (${train_utts} / ${valid_utts} utterances, 0 = all) and MFCC k-means labels -> ${labels_it1}"
@@ -157,51 +203,19 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
 fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
-    for model in ${models}; do
-        log "Step 2: iteration 1 of ${model}"
-        pretrain "$(config_of "${model}" 1)" "${labels_it1}" "$(ssl_it1_exp "${model}")"
-    done
+    for_each "${model_jobs}" pretrain_it1 ${models}
 fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
-    for model in ${models}; do
-        it1=$(ssl_it1_exp "${model}")
-        [ -f "${it1}/.done" ] || die "${it1} is not trained: run step 2 first"
-        layers=$(layers_of "${model}")
-        log "Step 3: k-means (${n_clusters_it2} clusters) of layer(s) ${layers} of ${it1}/${ssl_model}"
-        sig="model=$(sig_of "${it1}/.done") data=$(sig_of "${ssl_data}/train/wav.scp" "${ssl_data}/valid/wav.scp") k=${n_clusters_it2} portion=${kmeans_portion} max_frames=${kmeans_max_frames} n_init=${kmeans_n_init}"
-        pending=()
-        for layer in ${layers}; do
-            if is_done "$(labels_it2 "${model}" "${layer}")" "${sig} layer=${layer}"; then
-                log "$(labels_it2 "${model}" "${layer}"): complete (.done); skipping"
-            else
-                pending+=("${layer}")
-            fi
-        done
-        [ ${#pending[@]} -eq 0 ] && continue
-        out_template=${dumpdir}/ssl/it2_$(ssl_name "${model}")_L{layer}_km${n_clusters_it2}
-        kmeans_log=${dumpdir}/ssl/it2_${model}_kmeans.log
-        ${python} -m espnet_mamba.bin.kmeans --feature ssl --ssl_model "${it1}/${ssl_model}" \
-            --layers "${pending[@]}" --n_clusters "${n_clusters_it2}" --device "${kmeans_device}" \
-            --fit_data_dir "${ssl_data}/train" --data_dirs "${ssl_data}/train" "${ssl_data}/valid" \
-            --out_dir "${out_template}" --portion "${kmeans_portion}" --max_fit_frames "${kmeans_max_frames}" \
-            --n_init "${kmeans_n_init}" >"${kmeans_log}" 2>&1 \
-            || die "k-means of ${model} layer(s) ${pending[*]} failed; see ${kmeans_log}:\n$(tail -n 3 "${kmeans_log}")"
-        for layer in "${pending[@]}"; do
-            mark_done "$(labels_it2 "${model}" "${layer}")" "${sig} layer=${layer}"
-        done
-    done
+    for_each "${model_jobs}" kmeans_it2 ${models}
 fi
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+    it2_models=()
     for model in ${models}; do
-        for layer in $(layers_of "${model}"); do
-            log "Step 4: iteration 2 of ${model}, targets from layer ${layer}"
-            labels=$(labels_it2 "${model}" "${layer}")
-            [ -f "${labels}/.done" ] || die "${labels} is missing: run step 3 first"
-            pretrain "$(config_of "${model}" 2)" "${labels}" "$(ssl_it2_exp "${model}" "${layer}")"
-        done
+        for layer in $(layers_of "${model}"); do it2_models+=("${model} ${layer}"); done
     done
+    for_each "${model_jobs}" pretrain_it2 "${it2_models[@]}"
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"

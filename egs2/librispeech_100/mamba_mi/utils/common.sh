@@ -115,6 +115,42 @@ evenly_spaced() {
     fi
 }
 
+# for_each N FUNCTION ARG...: FUNCTION ARG for each ARG. N = 1: one after the other in
+# this shell. N > 1: at most N at a time, each in a background subshell with its own
+# process group (stopping the script stops them and what they started), for items that
+# write nothing that another item reads or writes. After a failure no further item
+# starts and the running ones finish; for_each then returns 1 (a failed item says why).
+for_each() {
+    local n=$1 fn=$2 arg running=0 failed=0 traps
+    local -a pids=()
+    shift 2
+    if [ "${n}" -le 1 ]; then
+        for arg in "$@"; do "${fn}" "${arg}"; done
+        return 0
+    fi
+    traps=$(trap -p INT TERM)
+    trap 'for pid in "${pids[@]}"; do kill -TERM -- "-${pid}" 2>/dev/null || true; done; exit 130' INT TERM
+    set -m
+    for arg in "$@"; do
+        if [ "${running}" -ge "${n}" ]; then
+            wait -n || failed=1
+            running=$((running - 1))
+        fi
+        [ "${failed}" -eq 0 ] || break
+        "${fn}" "${arg}" &
+        pids+=($!)
+        running=$((running + 1))
+    done
+    while [ "${running}" -gt 0 ]; do
+        wait -n || failed=1
+        running=$((running - 1))
+    done
+    set +m
+    trap - INT TERM
+    eval "${traps}"
+    return "${failed}"
+}
+
 # sig_of FILE...: a short fingerprint of the files' contents.
 sig_of() {
     cat "$@" | md5sum | cut -c1-16
