@@ -17,7 +17,8 @@ from conftest import RECIPE_ENV, needs_recipe_tools
 
 pytestmark = needs_recipe_tools
 # the options run.sh gives local/downstream.sh for --mini_preset tiny
-DOWNSTREAM_TINY = ("--conf_dir", "conf/downstream/tiny", "--nbpe", "40", "--inference_nj", "1", "--test_utts", "4")
+DOWNSTREAM_TINY = ("--conf_dir", "conf/downstream/tiny", "--nbpe", "40", "--inference_nj", "1", "--test_utts", "4",
+                   "--model_jobs", "2")
 
 
 def _run(recipe, *cmd: str) -> str:

@@ -13,9 +13,9 @@ corpus_preset() {
         downstream_opts="--conf_dir conf/downstream"
     elif [ "$2" = tiny ]; then
         conf=conf/tiny nbpe=40 mi_n_utts=8
-        ssamba_opts="--ssamba_config conf/ssamba/mini.yaml --max_steps 20"
-        ssl_opts="--conf_dir conf/ssl/tiny --n_clusters_it1 10 --n_clusters_it2 10 --kmeans_n_init 2"
-        downstream_opts="--conf_dir conf/downstream/tiny --test_utts 4 --inference_nj 1"
+        ssamba_opts="--ssamba_config conf/ssamba/mini.yaml --max_steps 5"
+        ssl_opts="--conf_dir conf/ssl/tiny --n_clusters_it1 10 --n_clusters_it2 10 --kmeans_n_init 2 --model_jobs 2"
+        downstream_opts="--conf_dir conf/downstream/tiny --test_utts 4 --inference_nj 1 --model_jobs 2"
         mi_args="--epochs 5 --lr 1e-3 --max_frames 32 --mine_batch_size 32"
     else
         conf=conf/mini nbpe=150 mi_n_utts=100
