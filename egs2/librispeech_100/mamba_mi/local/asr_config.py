@@ -19,7 +19,13 @@ import yaml
 
 from make_results import has_decoder
 
-from analysis.discover import decoded_checkpoint
+
+def checkpoint(config: Dict) -> str:
+    """:func:`analysis.discover.decoded_checkpoint` (imported here, for this query only:
+    the analysis package imports torch)."""
+    from analysis.discover import decoded_checkpoint
+
+    return decoded_checkpoint(config)
 
 
 def frontend(config: Dict) -> str:
@@ -28,7 +34,7 @@ def frontend(config: Dict) -> str:
 
 
 QUERIES = {
-    "checkpoint": decoded_checkpoint,
+    "checkpoint": checkpoint,
     "frontend": frontend,
     "has_decoder": lambda config: str(has_decoder(config)).lower(),
 }
