@@ -50,6 +50,19 @@ def test_outputs_of_every_stage(tiny_recipe):
     assert "Successfully finished." in second
 
 
+def test_decoding_with_ngram_and_neural_lm(tiny_recipe):
+    recipe, _ = tiny_recipe
+    out = run_tiny(recipe, "--stage", "6", "--stop_stage", "10", "--use_ngram", "true", "--use_lm", "true")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    lm_exp = recipe / "exp" / "lm_train_lm_transformer_bpe40"
+    assert (lm_exp / ".done").exists() and (lm_exp / "valid.loss.ave.pth").exists()
+    decode = recipe / "exp" / "asr_train_asr_conbimamba" / "decode_asr_ngram4_lm_train_lm_transformer_bpe40_asr_model_valid.acc.ave"
+    assert (decode / "test_clean" / "score_wer" / "result.txt").exists()
+    log = "".join(p.read_text() for p in (decode / "logdir").glob("asr_inference.*.log"))
+    assert "--ngram_file exp/ngram/4gram.bin" in log and "--lm_file" in log
+    assert "decode_asr_ngram4_lm_train_lm_transformer_bpe40" in (recipe / "RESULTS.md").read_text()
+
+
 def test_rerun_of_finished_stages_skips(tiny_recipe):
     recipe, _ = tiny_recipe
     out = run_tiny(recipe, "--stage", "3", "--stop_stage", "10")
@@ -86,19 +99,6 @@ def test_bad_option_stops_at_once(tiny_recipe):
     assert out.returncode != 0 and "true or false" in out.stdout + out.stderr
     out = run_tiny(recipe, "--nbpe", "0", "--stage", "20")
     assert out.returncode != 0 and "--nbpe must be a positive integer" in out.stderr
-
-
-def test_decoding_with_ngram_and_neural_lm(tiny_recipe):
-    recipe, _ = tiny_recipe
-    out = run_tiny(recipe, "--stage", "6", "--stop_stage", "10", "--use_ngram", "true", "--use_lm", "true")
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    lm_exp = recipe / "exp" / "lm_train_lm_transformer_bpe40"
-    assert (lm_exp / ".done").exists() and (lm_exp / "valid.loss.ave.pth").exists()
-    decode = recipe / "exp" / "asr_train_asr_conbimamba" / "decode_asr_ngram4_lm_train_lm_transformer_bpe40_asr_model_valid.acc.ave"
-    assert (decode / "test_clean" / "score_wer" / "result.txt").exists()
-    log = "".join(p.read_text() for p in (decode / "logdir").glob("asr_inference.*.log"))
-    assert "--ngram_file exp/ngram/4gram.bin" in log and "--lm_file" in log
-    assert "decode_asr_ngram4_lm_train_lm_transformer_bpe40" in (recipe / "RESULTS.md").read_text()
 
 
 def test_speed_perturbation_stages_2_to_4(tiny_recipe):

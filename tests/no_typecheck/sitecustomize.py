@@ -8,10 +8,11 @@ function's source), about half of what an ESPnet process spends importing on a C
 and the tiny recipe starts a few dozen of them (docs/benchmarks.md). Only the processes
 that the tests start run without the checks: the pytest processes keep them, so the
 tests that build and train models through ESPnet's classes in-process still run
-ESPnet's type checks.
-With ``MAMBA_MI_TYPECHECK=1`` in the environment this file does nothing.
+ESPnet's type checks. With ``MAMBA_MI_TYPECHECK=1`` in the environment this file does
+nothing.
 
-Nothing is imported here: typeguard is patched when something first imports it.
+It imports only what Python has loaded at startup anyway: typeguard is patched when
+something first imports it.
 """
 
 import os
