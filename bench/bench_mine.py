@@ -235,8 +235,9 @@ def _device_times(xs, ys, options: MIOptions, precision: str, epochs: int):
             torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
     attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    kernels = {e.key for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA}
-    return wall, {e.key: getattr(e, attribute) for e in prof.key_averages()}, kernels
+    events = prof.key_averages()
+    kernels = {e.key for e in events if e.device_type == torch.autograd.DeviceType.CUDA}
+    return wall, {e.key: getattr(e, attribute) for e in events}, kernels
 
 
 def profile_engine(xs, ys, options: MIOptions, precision: str, path: str, rows: int = 30) -> None:

@@ -221,20 +221,18 @@ finetune() {
 decode_finetuned() {
     # decode_finetuned "MODEL LAYER LM": step 2 for one fine-tuned model, without an LM
     # (LM none) or with the n-gram (LM ngram)
-    local model layer lm exp tag
+    local model layer lm exp name=decode_ctc lm_opts=()
     read -r model layer lm <<<"$1"
     exp=$(ft_exp "${model}" "${layer}")
-    tag=$(model_tag "${inference_ft_model}")
     [ -f "${exp}/.done" ] || die "${exp} is not trained: run step 1 first"
-    if [ "${lm}" = none ]; then
-        log "Step 2: decoding ${exp} without an LM"
-        decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
-            "${exp}/decode_ctc_${tag}" "${beam_opts[@]}"
-    else
+    if [ "${lm}" = ngram ]; then
+        name=decode_ctc_ngram lm_opts=("${ngram_opts[@]}")
         log "Step 2: decoding ${exp} with ${ngram_file}"
-        decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
-            "${exp}/decode_ctc_ngram_${tag}" "${beam_opts[@]}" "${ngram_opts[@]}"
+    else
+        log "Step 2: decoding ${exp} without an LM"
     fi
+    decode "${exp}" "${exp}/${inference_ft_model}" "${conf_dir}/decode_ctc.yaml" \
+        "${exp}/${name}_$(model_tag "${inference_ft_model}")" "${beam_opts[@]}" "${lm_opts[@]}"
 }
 
 train_conformer() {

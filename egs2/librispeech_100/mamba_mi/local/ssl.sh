@@ -160,7 +160,7 @@ kmeans_it2() {
     done
     [ ${#pending[@]} -eq 0 ] && return 0
     out_template=${dumpdir}/ssl/it2_$(ssl_name "${model}")_L{layer}_km${n_clusters_it2}
-    kmeans_log=${dumpdir}/ssl/it2_${model}_kmeans.log
+    kmeans_log=${dumpdir}/ssl/it2_$(ssl_name "${model}")_kmeans.log
     ${python} -m espnet_mamba.bin.kmeans --feature ssl --ssl_model "${it1}/${ssl_model}" \
         --layers "${pending[@]}" --n_clusters "${n_clusters_it2}" --device "${kmeans_device}" \
         --fit_data_dir "${ssl_data}/train" --data_dirs "${ssl_data}/train" "${ssl_data}/valid" \
