@@ -13,6 +13,7 @@ This module imports nothing of the project, so every package may use it.
 """
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 __all__ = [
@@ -45,6 +46,11 @@ def _legacy_module(name: str) -> ModuleType:
         except ModuleNotFoundError as e:
             if e.name is None or not (full == e.name or full.startswith(e.name + ".")):
                 raise
+    if not any(importlib.util.find_spec(package.split(".")[0]) for package in _LEGACY_PACKAGES):
+        raise ModuleNotFoundError(
+            f"ESPnet is not installed (none of {', '.join(_LEGACY_PACKAGES)} imports): run "
+            f"tools/install.sh, or tools/install_gpu_offline.sh on an offline GPU machine"
+        )
     raise ImportError(
         f"ESPnet has no module {name} under {' or '.join(_LEGACY_PACKAGES)}: this ESPnet is newer "
         f"than the ones espnet_mamba/espnet_compat.py supports"

@@ -202,6 +202,9 @@ def test_espnet_internals_come_from_the_first_layout_that_has_them(tmp_path, mon
     assert espnet_compat._legacy_module("nets.only_old").VALUE == "old only"
     with pytest.raises(ImportError, match="ESPnet has no module nets.nothing under missing_package or newer"):
         espnet_compat._legacy_module("nets.nothing")
+    monkeypatch.setattr(espnet_compat, "_LEGACY_PACKAGES", ("missing_package.legacy", "missing_too"))
+    with pytest.raises(ModuleNotFoundError, match="ESPnet is not installed .*tools/install.sh"):
+        espnet_compat._legacy_module("nets.utils")
     monkeypatch.setattr(espnet_compat, "_LEGACY_PACKAGES", ("broken", "older"))
     with pytest.raises(ModuleNotFoundError, match="a_missing_dependency"):  # not hidden by the fallback
         espnet_compat._legacy_module("nets.utils")
