@@ -323,3 +323,25 @@ def test_gpu_agrees_with_mamba_ssm(dtype, length):
         if name == "A" and length == 1:
             continue  # exactly zero (h[-1] = 0) on one side, rounding noise on the other
         assert rel_err(x, r) <= tol, name
+
+
+@gpu_only
+@pytest.mark.gpu
+def test_gpu_one_compiled_kernel_serves_every_length():
+    """Lengths 370-385 (one of them a multiple of 16) compile each kernel once: Triton
+    specializes integer arguments by value class, and a new class mid-epoch would stop
+    training for a JIT compile."""
+    from espnet_mamba.nn import triton_conv, triton_scan_kernels
+
+    kernels = [triton_scan_kernels.scan_fwd_kernel, triton_scan_kernels.scan_bwd_kernel,
+               triton_conv._conv_fwd_kernel, triton_conv._conv_bwd_kernel]
+
+    for kernel in kernels:  # this process's compiled kernels (Triton's disk cache stays)
+        kernel.device_caches.clear()
+    for length in range(370, 386):
+        inputs = make_inputs(2, 64, 16, length, seed=length)
+        scan_and_grads(inputs, torch.randn_like(inputs[0]), backend="triton")
+        x = inputs[0].clone().requires_grad_()
+        weight = torch.randn(64, 4, device=DEVICE, requires_grad=True)
+        triton_conv.triton_causal_conv1d(x, weight).sum().backward()
+    assert [sum(len(cache[0]) for cache in k.device_caches.values()) for k in kernels] == [1, 1, 1, 1]

@@ -43,7 +43,7 @@ def _conv_at(x_rows, stride_x_t, w_ptr, stride_w_c, stride_w_k, bias, c, mask_c,
     return pre
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("stride_x_b", "stride_x_c", "length"))
 def _conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, len_ptr, out_ptr,
     stride_x_b, stride_x_c, stride_x_t, stride_w_c, stride_w_k,
@@ -70,7 +70,7 @@ def _conv_fwd_kernel(
              mask=mask_c[:, None] & (t < length)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("stride_x_b", "stride_x_c", "stride_g_b", "stride_g_c", "length"))
 def _conv_bwd_kernel(
     x_ptr, w_ptr, bias_ptr, len_ptr, gout_ptr, gx_ptr, gw_ptr, gbias_ptr,
     stride_x_b, stride_x_c, stride_x_t, stride_w_c, stride_w_k,

@@ -24,6 +24,13 @@ __all__ = ["TL_DTYPES", "scan_bwd_kernel", "scan_fwd_kernel", "stored_frame"]
 
 # Triton dtype of each state (accumulator) dtype.
 TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+# Arguments that change with the sequence length: not specialized (Triton would
+# otherwise compile a kernel per value class, e.g. per length modulo 16, mid-epoch).
+_LENGTH_DEPENDENT = (
+    "stride_u_b", "stride_u_d", "stride_delta_b", "stride_delta_d", "stride_z_b", "stride_z_d",
+    "stride_B_b", "stride_B_g", "stride_B_n", "stride_C_b", "stride_C_g", "stride_C_n",
+    "length", "n_chunks",
+)
 # log2(e): exp(x * A) = exp2(x * A * log2(e))
 _LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -203,7 +210,7 @@ def _add_channel_grads(gA_ptr, gD_ptr, gbias_ptr, gA, gD, gbias, d, n, n_state, 
         tl.atomic_add(gbias_ptr + d, gbias, mask=mask_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
 def scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, y_ptr, h_ptr,
     stride_u_b, stride_u_d, stride_u_t,
@@ -257,7 +264,7 @@ def scan_fwd_kernel(
         h = tl.sum(tl.where(is_last, states, 0.0), axis=2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTH_DEPENDENT + ("stride_gy_b", "stride_gy_d"))
 def scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, h_ptr, gy_ptr,
     gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
