@@ -20,8 +20,8 @@ corpus_preset() {
     else
         conf=conf/mini nbpe=150 mi_n_utts=100
         ssamba_opts="--ssamba_config conf/ssamba/mini.yaml"
-        ssl_opts="--conf_dir conf/ssl/mini --train_utts 400 --valid_utts 40 --n_clusters_it2 100 --kmeans_n_init 5"
-        downstream_opts="--conf_dir conf/downstream/mini --valid_utts 40 --test_utts 40 --inference_nj 1"
+        ssl_opts="--conf_dir conf/ssl/mini --train_utts 400 --valid_utts 40 --n_clusters_it2 100 --kmeans_n_init 5 --model_jobs 2"
+        downstream_opts="--conf_dir conf/downstream/mini --valid_utts 40 --test_utts 40 --inference_nj 1 --model_jobs 2"
         mi_args="--epochs 20 --lr 1e-3 --max_frames 64 --mine_batch_size 64"
     fi
 }
