@@ -21,10 +21,24 @@ table2 = load_local("make_table2")
 hubert_config = load_local("hubert_config")
 
 
-def write_result(exp_dir: Path, exp: str, decode: str, dset: str, err: float):
+def write_result(exp_dir: Path, exp: str, decode: str, dset: str, err: float, above_chance=None):
     out = exp_dir / exp / decode / dset / "score_wer"
     out.mkdir(parents=True)
-    (out / "result.json").write_text(json.dumps({"Err": err, "snt": 1, "wrd": 10}))
+    (out / "result.json").write_text(json.dumps({"Err": err, "snt": 1, "wrd": 10, "above_chance": above_chance}))
+
+
+def test_table2_names_the_sets_at_chance_level(tmp_path):
+    exp = tmp_path / "exp"
+    write_result(exp, "ft_hubert_it2_L6", "decode_ctc_valid.loss.ave", "test_clean", 30.0, True)
+    write_result(exp, "ft_hubert_it2_L6", "decode_ctc_valid.loss.ave", "test_other", 95.0, False)
+    write_result(exp, "ft_hubert_it2_L6", "decode_ctc_ngram_valid.loss.ave", "test_clean", 20.0, True)
+    write_result(exp, "ft_hubert_it2_L6", "decode_ctc_ngram_valid.loss.ave", "test_other", 40.0, True)
+    write_result(exp, "s3prl_conformer_hubert_it2_L6", "decode_conformer_valid.acc.ave", "test_clean", 150.0)
+    text = table2.render(table2.collect(exp), ["test_clean", "test_other"])
+    assert "| HuBERT (L6) fine-tuned, no LM | 30.0 | 95.0 | - | - | ft_hubert_it2_L6 | decode_ctc_valid.loss.ave | test_other |" in text
+    assert "| HuBERT (L6) fine-tuned + 4-gram | 20.0 | 40.0 | 3.4 | 8.1 | ft_hubert_it2_L6 | decode_ctc_ngram_valid.loss.ave | - |" in text
+    assert "| HuBERT (L6) + Conformer | 150.0 | - | 9.3 | 15.1 | s3prl_conformer_hubert_it2_L6 | decode_conformer_valid.acc.ave | ? |" in text
+    assert "No better than chance:" in text
 
 
 def test_table2_rows_and_paper_numbers(tmp_path):

@@ -40,6 +40,7 @@ def test_outputs_of_every_stage(tiny_recipe):
         assert (recipe / "exp" / exp / ".done").exists()
         results = list((recipe / "exp" / exp).glob("decode_*/test_other/score_wer/result.txt"))
         assert len(results) == 1 and "| Snt | Wrd |" in results[0].read_text()
+        assert "\nchance: WER " in results[0].read_text()
     assert "conbimamba" in (recipe / "exp" / "asr_train_asr_conbimamba" / "config.yaml").read_text()
     # the second run reused the data, tokens, n-gram and statistics of the first
     second = runs["true"]

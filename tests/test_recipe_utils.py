@@ -617,6 +617,66 @@ def test_score_cli_writes_table(tmp_path):
     assert summary["ins"] == 1 and summary["del"] == 1
 
 
+def _sentences(rng, n, vocab="A B C D E F G H I J K L".split()):
+    """n references of 2-14 random words."""
+    return [" ".join(rng.choice(vocab) for _ in range(rng.randint(2, 14))) for _ in range(n)]
+
+
+def test_chance_level_of_two_utterances_is_the_swap():
+    score_wer = _load(UTILS / "score_wer.py")
+    refs, hyps = ["A B C", "D E"], ["A B", "D E F G"]
+    errors = [_levenshtein(r.split(), h.split())[0] for r, h in zip(refs, hyps)]
+    chance = score_wer.chance_level(refs, hyps, errors)
+    swapped = _levenshtein(refs[0].split(), hyps[1].split())[0] + _levenshtein(refs[1].split(), hyps[0].split())[0]
+    assert math.isclose(chance["chance_Err"], 100.0 * swapped / 5)
+    assert (chance["chance_wins"], chance["chance_losses"]) == (2, 0) and chance["chance_p"] == 0.25
+    assert score_wer.chance_level(["A"], ["A"], [0])["above_chance"] is None
+
+
+def test_chance_level_tells_listening_from_blind_output():
+    import random
+
+    from scipy.stats import binomtest
+
+    score_wer = _load(UTILS / "score_wer.py")
+    rng = random.Random(0)
+    refs = _sentences(rng, 120)
+
+    def check(hyps):
+        errors = [_levenshtein(r.split(), h.split())[0] for r, h in zip(refs, hyps)]
+        chance = score_wer.chance_level(refs, hyps, errors)
+        wins, losses = chance["chance_wins"], chance["chance_losses"]
+        if wins + losses:
+            assert math.isclose(chance["chance_p"], binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+        return chance
+
+    # one word in three wrong: each reference is matched far better by its own hypothesis
+    noisy = [" ".join(w if rng.random() > 1 / 3 else "X" for w in r.split()) for r in refs]
+    listening = check(noisy)
+    assert listening["above_chance"] and listening["chance_p"] < 1e-20 and listening["chance_Err"] > 80
+    # the same words whatever the audio, or its length only (one word per reference word)
+    assert not check(["A B A B"] * len(refs))["above_chance"]
+    assert not check([" ".join(["A"] * len(r.split())) for r in refs])["above_chance"]
+    # exact hypotheses: no utterance is ever scored against its own one (a derangement)
+    exact = check(list(refs))
+    assert exact["chance_wins"] == len(refs) and exact["chance_losses"] == 0
+
+
+def test_score_cli_writes_the_chance_level(tmp_path):
+    import random
+
+    rng = random.Random(1)
+    refs = _sentences(rng, 30)
+    (tmp_path / "ref").write_text("".join(f"u{i} {r}\n" for i, r in enumerate(refs)))
+    (tmp_path / "hyp").write_text("".join(f"u{i} A B A B\n" for i in range(len(refs))))
+    out = _run([sys.executable, str(UTILS / "score_wer.py"), str(tmp_path / "ref"), str(tmp_path / "hyp"),
+                str(tmp_path / "score")])
+    assert out.returncode == 0, out.stderr
+    assert "NOT above chance" in (tmp_path / "score" / "result.txt").read_text()
+    summary = json.loads((tmp_path / "score" / "result.json").read_text())
+    assert summary["above_chance"] is False and summary["chance_p"] >= 0.01
+
+
 def test_score_rejects_hypothesis_without_reference(tmp_path):
     (tmp_path / "ref").write_text("u1 A\n")
     (tmp_path / "hyp").write_text("u1 A\nu9 B\n")
@@ -690,7 +750,30 @@ def test_make_results_table_one(tmp_path):
     out = tmp_path / "RESULTS.md"
     assert make_results.main(["--exp_dir", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| + Decoder | 5.9 | 17.1 | 6.0 | 17.2 | asr_dec | decode_x |" in text
-    assert "| - Decoder | 8.4 | 24.3 | 8.8 | 25.1 | asr_nodec | decode_x |" in text
+    assert "| + Decoder | 5.9 | 17.1 | 6.0 | 17.2 | asr_dec | decode_x | ? |" in text
+    assert "| - Decoder | 8.4 | 24.3 | 8.8 | 25.1 | asr_nodec | decode_x | ? |" in text
     assert text.index("+ Decoder |") < text.index("- Decoder |")
     assert "- torch:" in text and "- git commit:" in text
+    assert "What the mini corpus can show" not in text  # no data/.done here
+
+
+def test_make_results_marks_chance_level_and_the_mini_corpus(tmp_path, monkeypatch):
+    make_results = _load(RECIPE / "local" / "make_results.py")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / ".done").write_text("corpus=mini seed=1 sizes=48x50,6x20,lm20000 dir=\n")
+    exp = tmp_path / "exp" / "asr_nodec"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(json.dumps({"encoder": "conbimamba", "model_conf": {"ctc_weight": 1.0}}))
+    for dset, above in (("dev_clean", True), ("dev_other", False), ("test_clean", True), ("test_other", False)):
+        score = exp / "decode_x" / dset / "score_wer"
+        score.mkdir(parents=True)
+        row = {"snt": 40, "wrd": 300, "corr": 9, "sub": 1, "del": 0, "ins": 0, "snt_err": 1, "Corr": 90.0,
+               "Sub": 10.0, "Del": 0.0, "Ins": 0.0, "Err": 40.0, "S.Err": 100.0, "chance_Err": 101.5,
+               "chance_wins": 30, "chance_losses": 2, "chance_p": 0.003 if above else 0.4, "above_chance": above}
+        (score / "result.json").write_text(json.dumps(row))
+    assert make_results.main(["--exp_dir", "exp", "--out", "RESULTS.md"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| - Decoder | 40.0 | 40.0 | 40.0 | 40.0 | asr_nodec | decode_x | dev_other, test_other |" in text
+    assert "| dev_other | 40 | 300 | 90.0 | 10.0 | 0.0 | 0.0 | 40.0 | 100.0 | 101.5 | 0.4 |" in text
+    assert "## What the mini corpus can show" in text and "No better than chance:" in text

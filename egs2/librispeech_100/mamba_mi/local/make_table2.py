@@ -45,6 +45,24 @@ PAPER = {
 }
 _KIND_ORDER = {"ngram": 0, "nolm": 1, "conformer": 2}
 _MODEL_ORDER = {"mamba_hubert": 0, "hubert": 1}
+# The column of Tables I and II on the chance level of utils/score_wer.py, and its legend.
+CHANCE_HEADER = "no better than chance"
+CHANCE_LEGEND = [
+    "No better than chance: the sets where the hypotheses match the references of other",
+    "utterances of similar length as well as their own (utils/score_wer.py: 20 shuffles,",
+    "sign test p >= 0.01; '?': scored without the check). There the output carries nothing",
+    "of the audio beyond its length: the model does not recognise speech, whatever its WER.",
+]
+
+
+def chance_cell(results: Dict[str, Dict], sets: Sequence[str]) -> str:
+    """The sets of ``sets`` whose result (score_wer.py's result.json) is not above chance,
+    ``-`` when every scored set is above chance, ``?`` when one lacks the check."""
+    scored = [d for d in sets if d in results]
+    if any(results[d].get("above_chance") is None for d in scored):
+        return "?"
+    at_chance = [d for d in scored if not results[d]["above_chance"]]
+    return ", ".join(at_chance) or "-"
 
 
 def decode_kind(exp_kind: str, decode_name: str) -> Optional[str]:
@@ -111,8 +129,8 @@ def render(entries: List[Dict], test_sets: Sequence[str]) -> str:
         "iteration-1 model. Paper: the numbers of the paper's Table II (its HuBERT rows",
         "are the published HuBERT-base).",
         "",
-        "| Model | " + " | ".join(test_sets) + " | paper test_clean | paper test_other | experiment | decoding |",
-        "|---|" + "---|" * len(test_sets) + "---|---|---|---|",
+        "| Model | " + " | ".join(test_sets) + f" | paper test_clean | paper test_other | experiment | decoding | {CHANCE_HEADER} |",
+        "|---|" + "---|" * len(test_sets) + "---|---|---|---|---|",
     ]
     for e in entries:
         cells = [f"{e['results'][d]['Err']:.1f}" if d in e["results"] else "-" for d in test_sets]
@@ -120,11 +138,11 @@ def render(entries: List[Dict], test_sets: Sequence[str]) -> str:
         paper_cells = [f"{v:g}" for v in paper] if paper else ["-", "-"]
         lines.append(
             f"| {row_label(e['model'], e['layer'], e['kind'], e['chars'], e['variant'])} | " + " | ".join(cells + paper_cells)
-            + f" | {e['exp']} | {e['decode']} |"
+            + f" | {e['exp']} | {e['decode']} | {chance_cell(e['results'], test_sets)} |"
         )
     if not entries:
-        lines.append("| (no scored downstream decoding found) |" + " |" * (len(test_sets) + 4))
-    lines += ["", END]
+        lines.append("| (no scored downstream decoding found) |" + " |" * (len(test_sets) + 5))
+    lines += ["", *CHANCE_LEGEND, "", END]
     return "\n".join(lines)
 
 

@@ -6,9 +6,19 @@ other than the apostrophe inside a word removed, white space collapsed. An
 utterance of the reference without a hypothesis counts as an empty hypothesis
 (all deletions); a hypothesis without a reference is an error.
 
+A WER alone does not say whether a model listens: a model that writes the same
+few words for every utterance gets 90-100% from deletions, and one that loops gets
+over 100% from insertions. So the hypotheses are also scored at chance level: each
+reference against the hypotheses of other utterances of about its length (random
+derangements within blocks of references of similar word count, fixed seed), and a
+one-sided sign test over utterances asks whether each reference is matched better
+by its own hypothesis. Where it is not (p >= CHANCE_ALPHA), the output carries
+nothing of the audio beyond its length, whatever the WER.
+
 Writes OUT_DIR/result.txt (table: Snt Wrd Corr Sub Del Ins Err S.Err, in %
-except the counts), OUT_DIR/result.json (the same numbers plus raw counts) and
-OUT_DIR/per_utt.txt (reference, hypothesis and error counts of each utterance).
+except the counts, and the chance-level line), OUT_DIR/result.json (the same
+numbers plus raw counts and the chance-level fields) and OUT_DIR/per_utt.txt
+(reference, hypothesis and error counts of each utterance).
 
 Usage:
     score_wer.py REF_TEXT HYP_TEXT OUT_DIR
@@ -16,20 +26,25 @@ Usage:
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import jiwer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_dir import read_kv  # noqa: E402
 
-__all__ = ["normalize", "score"]
+__all__ = ["CHANCE_ALPHA", "CHANCE_SHUFFLES", "chance_level", "normalize", "score"]
 
 _PUNCT = re.compile(r"[^\w\s']")
+CHANCE_SHUFFLES = 20  # derangements of the hypotheses for the chance level
+CHANCE_BLOCK = 8  # utterances of similar reference length that trade hypotheses
+CHANCE_ALPHA = 0.01  # sign-test level below which the output is above chance
 
 
 def normalize(text: str) -> str:
@@ -81,7 +96,83 @@ def score(ref: Dict[str, str], hyp: Dict[str, str]) -> Dict:
         "Err": 100.0 * (totals["sub"] + totals["del"] + totals["ins"]) / wrd,
         "S.Err": 100.0 * totals["snt_err"] / max(totals["snt"], 1),
     }
-    return {**totals, **rates, "per_utt": rows}
+    chance = chance_level([row["ref"] for row in rows], [row["hyp"] for row in rows], [row["err"] for row in rows])
+    return {**totals, **rates, **chance, "per_utt": rows}
+
+
+def _edits(ref: str, hyp: str) -> int:
+    """Word edits (substitutions + deletions + insertions) turning ``ref`` into ``hyp``."""
+    out = jiwer.process_words(ref, hyp)
+    return out.substitutions + out.deletions + out.insertions
+
+
+def _sign_test(wins: int, losses: int) -> float:
+    """One-sided sign-test p-value: P(at least ``wins`` of ``wins + losses`` fair coin flips)."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
+
+
+def chance_level(refs: List[str], hyps: List[str], errors: List[int], shuffles: int = CHANCE_SHUFFLES,
+                 seed: int = 0) -> Dict:
+    """How the hypotheses score against the references of other utterances of about
+    the same length.
+
+    The utterances, sorted by reference word count, are cut into blocks of
+    ``CHANCE_BLOCK`` (the last block takes the remainder). In each of ``shuffles``
+    rounds, a random cyclic permutation sigma within each block (Sattolo's shuffle,
+    seeded: no utterance keeps its own hypothesis) scores reference i against the
+    hypothesis of utterance sigma(i); the chance errors of reference i are the mean
+    over the rounds. Trading hypotheses only between references of similar length
+    keeps what a hypothesis can know from the audio's duration alone. An utterance is
+    a win when its own hypothesis has fewer errors than its chance errors, a loss
+    when it has more.
+
+    Args:
+        refs: Normalized references, one per utterance.
+        hyps: Normalized hypotheses, in the same order.
+        errors: Word errors of each hypothesis against its own reference.
+
+    Returns:
+        ``chance_Err`` (WER in % at chance level), ``chance_wins``, ``chance_losses``,
+        ``chance_p`` (one-sided sign test of wins against losses) and ``above_chance``
+        (``chance_p < CHANCE_ALPHA``); all None for fewer than 2 utterances.
+    """
+    n = len(refs)
+    if n < 2:
+        return {"chance_Err": None, "chance_wins": None, "chance_losses": None, "chance_p": None,
+                "above_chance": None}
+    rng = random.Random(seed)
+    by_length = sorted(range(n), key=lambda i: (len(refs[i].split()), i))
+    starts = list(range(0, max(n - CHANCE_BLOCK, 0) + 1, CHANCE_BLOCK))
+    blocks = [by_length[lo:hi] for lo, hi in zip(starts, starts[1:] + [n])]
+    chance_errors = [0.0] * n
+    for _ in range(shuffles):
+        for block in blocks:
+            partner = list(block)
+            for k in range(len(partner) - 1, 0, -1):  # Sattolo: a random cycle, no fixed point
+                j = rng.randrange(k)
+                partner[k], partner[j] = partner[j], partner[k]
+            for i, other in zip(block, partner):
+                chance_errors[i] += _edits(refs[i], hyps[other]) / shuffles
+    wins = sum(own < chance for own, chance in zip(errors, chance_errors))
+    losses = sum(own > chance for own, chance in zip(errors, chance_errors))
+    words = sum(len(r.split()) for r in refs)
+    p = _sign_test(wins, losses)
+    return {"chance_Err": 100.0 * sum(chance_errors) / max(words, 1), "chance_wins": wins,
+            "chance_losses": losses, "chance_p": p, "above_chance": p < CHANCE_ALPHA}
+
+
+def _chance_line(result: Dict) -> str:
+    """One line of result.txt on the chance level of ``result`` (from :func:`score`)."""
+    if result["chance_p"] is None:
+        return "chance: not estimated (fewer than 2 utterances)\n"
+    verdict = ("above chance" if result["above_chance"]
+               else "NOT above chance: the hypotheses carry nothing of the audio beyond its length")
+    return (
+        f"chance: WER {result['chance_Err']:.1f} against the references of other utterances of similar "
+        f"length ({CHANCE_SHUFFLES} shuffles); own reference matched better in {result['chance_wins']}, worse in "
+        f"{result['chance_losses']} utterances (sign test p = {result['chance_p']:.2g}): {verdict}\n"
+    )
 
 
 def _write(path: Path, text: str) -> None:
@@ -111,6 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"| {result['Ins']:.1f} | {result['Err']:.1f} | {result['S.Err']:.1f} |\n"
         f"%WER {result['Err']:.2f} [ {result['sub'] + result['del'] + result['ins']} / {result['wrd']}, "
         f"{result['ins']} ins, {result['del']} del, {result['sub']} sub ]\n"
+        + _chance_line(result)
     )
     _write(out / "result.txt", table)
     summary = {k: v for k, v in result.items() if k != "per_utt"}
