@@ -775,5 +775,5 @@ def test_make_results_marks_chance_level_and_the_mini_corpus(tmp_path, monkeypat
     assert make_results.main(["--exp_dir", "exp", "--out", "RESULTS.md"]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| - Decoder | 40.0 | 40.0 | 40.0 | 40.0 | asr_nodec | decode_x | dev_other, test_other |" in text
-    assert "| dev_other | 40 | 300 | 90.0 | 10.0 | 0.0 | 0.0 | 40.0 | 100.0 | 101.5 | 0.4 |" in text
+    assert "| dev_other | 40 | 300 | 90.0 | 10.0 | 0.0 | 0.0 | 40.0 | 100.0 | 101.5 | p = 0.4 |" in text
     assert "## What the mini corpus can show" in text and "No better than chance:" in text

@@ -29,7 +29,9 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "utils"))
 import make_table2  # noqa: E402
+from score_wer import format_p  # noqa: E402
 
 # column of Table I -> data set
 TABLE_COLUMNS = (("dev", "dev_clean"), ("dev-other", "dev_other"), ("test", "test_clean"), ("test-other", "test_other"))
@@ -188,7 +190,7 @@ def render(entries: List[Dict], test_sets: Sequence[str]) -> str:
             f"- model: {_model_summary(config)}; parameters: {_num_params(exp)}",
             "- decoding: " + (", ".join(f"{k} {v}" for k, v in sorted(inference.items())) or "?"),
             "",
-            "| dataset | Snt | Wrd | Corr | Sub | Del | Ins | Err | S.Err | chance Err | sign test p |",
+            "| dataset | Snt | Wrd | Corr | Sub | Del | Ins | Err | S.Err | chance Err | sign test |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         ordered = [d for d in test_sets if d in entry["results"]]
@@ -196,7 +198,7 @@ def render(entries: List[Dict], test_sets: Sequence[str]) -> str:
         for dset in ordered:
             r = entry["results"][dset]
             chance = ("| ? | ? |" if r.get("chance_p") is None
-                      else f"| {r['chance_Err']:.1f} | {r['chance_p']:.2g} |")
+                      else f"| {r['chance_Err']:.1f} | {format_p(r['chance_p'])} |")
             lines.append(
                 f"| {dset} | {r['snt']} | {r['wrd']} | {r['Corr']:.1f} | {r['Sub']:.1f} | {r['Del']:.1f} "
                 f"| {r['Ins']:.1f} | {r['Err']:.1f} | {r['S.Err']:.1f} " + chance

@@ -39,7 +39,7 @@ import jiwer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_dir import read_kv  # noqa: E402
 
-__all__ = ["CHANCE_ALPHA", "CHANCE_SHUFFLES", "chance_level", "normalize", "score"]
+__all__ = ["CHANCE_ALPHA", "CHANCE_SHUFFLES", "chance_level", "format_p", "normalize", "score"]
 
 _PUNCT = re.compile(r"[^\w\s']")
 CHANCE_SHUFFLES = 20  # derangements of the hypotheses for the chance level
@@ -162,6 +162,11 @@ def chance_level(refs: List[str], hyps: List[str], errors: List[int], shuffles: 
             "chance_losses": losses, "chance_p": p, "above_chance": p < CHANCE_ALPHA}
 
 
+def format_p(p: float) -> str:
+    """``p = 0.0031`` or, where the p-value underflows a float, ``p < 1e-300``."""
+    return f"p = {p:.2g}" if p > 0 else "p < 1e-300"
+
+
 def _chance_line(result: Dict) -> str:
     """One line of result.txt on the chance level of ``result`` (from :func:`score`)."""
     if result["chance_p"] is None:
@@ -171,7 +176,7 @@ def _chance_line(result: Dict) -> str:
     return (
         f"chance: WER {result['chance_Err']:.1f} against the references of other utterances of similar "
         f"length ({CHANCE_SHUFFLES} shuffles); own reference matched better in {result['chance_wins']}, worse in "
-        f"{result['chance_losses']} utterances (sign test p = {result['chance_p']:.2g}): {verdict}\n"
+        f"{result['chance_losses']} utterances (sign test {format_p(result['chance_p'])}): {verdict}\n"
     )
 
 
