@@ -622,15 +622,29 @@ def _sentences(rng, n, vocab="A B C D E F G H I J K L".split()):
     return [" ".join(rng.choice(vocab) for _ in range(rng.randint(2, 14))) for _ in range(n)]
 
 
-def test_chance_level_of_two_utterances_is_the_swap():
+def test_chance_level_needs_enough_utterances_to_be_significant():
     score_wer = _load(UTILS / "score_wer.py")
+    n = score_wer.CHANCE_MIN_UTTS
+    assert 0.5 ** n < score_wer.CHANCE_ALPHA <= 0.5 ** (n - 1)  # all wins of n are significant, of n - 1 not
+    refs = [" ".join(f"W{i}{k}" for k in range(i % 3 + 1)) for i in range(n)]  # no word shared
+    hyps = [r + " X" for r in refs]  # one error each; another utterance's hypothesis has at least two
+    errors = [1] * n
+    chance = score_wer.chance_level(refs, hyps, errors)
+    assert (chance["chance_wins"], chance["chance_losses"]) == (n, 0)
+    assert chance["chance_p"] == 0.5 ** n and chance["above_chance"]
+    too_few = score_wer.chance_level(refs[:-1], hyps[:-1], errors[:-1])
+    assert too_few["above_chance"] is None and too_few["chance_p"] is None
+
+
+def test_chance_level_of_two_utterances_is_the_swap(monkeypatch):
+    score_wer = _load(UTILS / "score_wer.py")
+    monkeypatch.setattr(score_wer, "CHANCE_MIN_UTTS", 2)
     refs, hyps = ["A B C", "D E"], ["A B", "D E F G"]
     errors = [_levenshtein(r.split(), h.split())[0] for r, h in zip(refs, hyps)]
     chance = score_wer.chance_level(refs, hyps, errors)
     swapped = _levenshtein(refs[0].split(), hyps[1].split())[0] + _levenshtein(refs[1].split(), hyps[0].split())[0]
     assert math.isclose(chance["chance_Err"], 100.0 * swapped / 5)
     assert (chance["chance_wins"], chance["chance_losses"]) == (2, 0) and chance["chance_p"] == 0.25
-    assert score_wer.chance_level(["A"], ["A"], [0])["above_chance"] is None
 
 
 def test_chance_level_tells_listening_from_blind_output():

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "utils"))
-from score_wer import CHANCE_ALPHA, CHANCE_SHUFFLES  # noqa: E402
+from score_wer import CHANCE_ALPHA, CHANCE_MIN_UTTS, CHANCE_SHUFFLES  # noqa: E402
 
 BEGIN = "<!-- BEGIN table2 (written by local/make_table2.py, stage 12; do not edit) -->"
 END = "<!-- END table2 -->"
@@ -53,7 +53,7 @@ CHANCE_HEADER = "no better than chance"
 CHANCE_LEGEND = [
     "No better than chance: the sets where the hypotheses match the references of other",
     f"utterances of similar length as well as their own (utils/score_wer.py: {CHANCE_SHUFFLES} shuffles,",
-    f"sign test p >= {CHANCE_ALPHA:g}; '?': scored without the check). There the output carries nothing",
+    f"sign test p >= {CHANCE_ALPHA:g}; '?': not checked, e.g. a set of fewer than {CHANCE_MIN_UTTS} utterances). There the output carries nothing",
     "of the audio beyond its length: the model does not recognise speech, whatever its WER.",
 ]
 

@@ -39,12 +39,14 @@ import jiwer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_dir import read_kv  # noqa: E402
 
-__all__ = ["CHANCE_ALPHA", "CHANCE_SHUFFLES", "chance_level", "format_p", "normalize", "score"]
+__all__ = ["CHANCE_ALPHA", "CHANCE_MIN_UTTS", "CHANCE_SHUFFLES", "chance_level", "format_p", "normalize", "score"]
 
 _PUNCT = re.compile(r"[^\w\s']")
 CHANCE_SHUFFLES = 20  # derangements of the hypotheses for the chance level
 CHANCE_BLOCK = 8  # utterances of similar reference length that trade hypotheses
 CHANCE_ALPHA = 0.01  # sign-test level below which the output is above chance
+# the fewest utterances whose sign test can go below CHANCE_ALPHA (0.5 ** n < CHANCE_ALPHA)
+CHANCE_MIN_UTTS = math.floor(math.log2(1 / CHANCE_ALPHA)) + 1
 
 
 def normalize(text: str) -> str:
@@ -135,10 +137,11 @@ def chance_level(refs: List[str], hyps: List[str], errors: List[int], shuffles: 
     Returns:
         ``chance_Err`` (WER in % at chance level), ``chance_wins``, ``chance_losses``,
         ``chance_p`` (one-sided sign test of wins against losses) and ``above_chance``
-        (``chance_p < CHANCE_ALPHA``); all None for fewer than 2 utterances.
+        (``chance_p < CHANCE_ALPHA``); all None for fewer than ``CHANCE_MIN_UTTS``
+        utterances, where not even all wins would be significant.
     """
     n = len(refs)
-    if n < 2:
+    if n < CHANCE_MIN_UTTS:
         return {"chance_Err": None, "chance_wins": None, "chance_losses": None, "chance_p": None,
                 "above_chance": None}
     rng = random.Random(seed)
@@ -170,7 +173,7 @@ def format_p(p: float) -> str:
 def _chance_line(result: Dict) -> str:
     """One line of result.txt on the chance level of ``result`` (from :func:`score`)."""
     if result["chance_p"] is None:
-        return "chance: not estimated (fewer than 2 utterances)\n"
+        return f"chance: not estimated (fewer than {CHANCE_MIN_UTTS} utterances)\n"
     verdict = ("above chance" if result["above_chance"]
                else "NOT above chance: the hypotheses carry nothing of the audio beyond its length")
     return (
