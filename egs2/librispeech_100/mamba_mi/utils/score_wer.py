@@ -8,7 +8,7 @@ utterance of the reference without a hypothesis counts as an empty hypothesis
 
 A WER alone does not say whether a model listens: a model that writes the same
 few words for every utterance gets 90-100% from deletions, and one that loops gets
-over 100% from insertions. So the hypotheses are also scored at chance level: each
+over 100% from substitutions and insertions. So the hypotheses are also scored at chance level: each
 reference against the hypotheses of other utterances of about its length (random
 derangements within blocks of references of similar word count, fixed seed), and a
 one-sided sign test over utterances asks whether each reference is matched better
@@ -114,15 +114,14 @@ def _sign_test(wins: int, losses: int) -> float:
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
 
 
-def chance_level(refs: List[str], hyps: List[str], errors: List[int], shuffles: int = CHANCE_SHUFFLES,
-                 seed: int = 0) -> Dict:
+def chance_level(refs: List[str], hyps: List[str], errors: List[int]) -> Dict:
     """How the hypotheses score against the references of other utterances of about
     the same length.
 
     The utterances, sorted by reference word count, are cut into blocks of
-    ``CHANCE_BLOCK`` (the last block takes the remainder). In each of ``shuffles``
+    ``CHANCE_BLOCK`` (the last block takes the remainder). In each of ``CHANCE_SHUFFLES``
     rounds, a random cyclic permutation sigma within each block (Sattolo's shuffle,
-    seeded: no utterance keeps its own hypothesis) scores reference i against the
+    seed 0: no utterance keeps its own hypothesis) scores reference i against the
     hypothesis of utterance sigma(i); the chance errors of reference i are the mean
     over the rounds. Trading hypotheses only between references of similar length
     keeps what a hypothesis can know from the audio's duration alone. An utterance is
@@ -144,19 +143,19 @@ def chance_level(refs: List[str], hyps: List[str], errors: List[int], shuffles: 
     if n < CHANCE_MIN_UTTS:
         return {"chance_Err": None, "chance_wins": None, "chance_losses": None, "chance_p": None,
                 "above_chance": None}
-    rng = random.Random(seed)
+    rng = random.Random(0)
     by_length = sorted(range(n), key=lambda i: (len(refs[i].split()), i))
     starts = list(range(0, max(n - CHANCE_BLOCK, 0) + 1, CHANCE_BLOCK))
     blocks = [by_length[lo:hi] for lo, hi in zip(starts, starts[1:] + [n])]
     chance_errors = [0.0] * n
-    for _ in range(shuffles):
+    for _ in range(CHANCE_SHUFFLES):
         for block in blocks:
             partner = list(block)
             for k in range(len(partner) - 1, 0, -1):  # Sattolo: a random cycle, no fixed point
                 j = rng.randrange(k)
                 partner[k], partner[j] = partner[j], partner[k]
             for i, other in zip(block, partner):
-                chance_errors[i] += _edits(refs[i], hyps[other]) / shuffles
+                chance_errors[i] += _edits(refs[i], hyps[other]) / CHANCE_SHUFFLES
     wins = sum(own < chance for own, chance in zip(errors, chance_errors))
     losses = sum(own > chance for own, chance in zip(errors, chance_errors))
     words = sum(len(r.split()) for r in refs)
